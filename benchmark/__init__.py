@@ -1,0 +1,3 @@
+"""Benchmark harness for backdoor defenses on image classifiers."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,301 @@
+"""One cell of the grid, end to end: data -> attack -> model -> evaluate -> defense -> evaluate -> record.
+
+Each step is a function call with plain inputs and outputs; the entry point (`benchmark.cli`) seeds,
+picks the device and hands over the composed config and the run directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from attacks.base import Attack
+from benchmark.archs import build_classifier
+from benchmark.augment import AugmentSpec
+from benchmark.datasets import DataSplits, ImageSet, load_dataset, make_splits
+from benchmark.errors import ConfigError
+from benchmark.evaluate import Metrics, der, evaluate
+from benchmark.loggers import LoggerConfig, make_logger
+from benchmark.model_cache import cache_key, load_or_train
+from benchmark.poison import TriggeredSet, poison_train, triggered_test
+from benchmark.record import SCHEMA, versions, write_csv, write_result
+from benchmark.training import TrainRecipe, train_classifier
+from benchmark.validation import Checked, bounded
+from defenses.base import CurvePoint, Defense, DefenseData
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DatasetConfig(Checked):
+    name: str
+    num_classes: int = bounded(10, 2)
+    channels: int = bounded(3, 1)
+    size: int = bounded(32, 8)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    reserve: int = bounded(1000, 0)
+    split_seed: int = 0
+    train_limit: int | None = bounded(None, 1)
+    test_limit: int | None = bounded(None, 1)
+    download: bool = True
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArchConfig(Checked):
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class CellParts:
+    """Everything a cell needs, built and validated from the config before any work starts."""
+
+    dataset: DatasetConfig
+    augment: AugmentSpec
+    arch: ArchConfig
+    attack: Attack
+    defense: Defense
+    recipe: TrainRecipe
+    logger: LoggerConfig
+    seed: int
+    defense_size: int
+    eval_batch: int
+    cell: dict[str, Any]
+
+
+def _build(node: DictConfig, base: type) -> Any:
+    """Instantiate a `_target_` node (minus its `name`) and check that it is a `base`."""
+    params = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(params, dict)
+    params.pop("name", None)
+    target = params.pop("_target_", None)
+    if target is None:
+        raise ConfigError(f"{base.__name__} config has no _target_")
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"_target_={target!r} is not a {base.__name__}")
+    try:
+        return cls(**params)
+    except TypeError as exc:  # unknown or missing parameter names
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _plain(node: DictConfig) -> dict[str, Any]:
+    out = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(out, dict)
+    out.pop("_target_", None)
+    return out
+
+
+def build_parts(cfg: DictConfig) -> CellParts:
+    """Validate the whole config up front: bad values fail here, naming the value and what is allowed."""
+    dataset = DatasetConfig(**_plain(cfg.dataset))
+    attack = _build(cfg.attack, Attack)
+    attack.check_dataset(dataset.num_classes)
+    if len(dataset.mean) != dataset.channels or len(dataset.std) != dataset.channels:
+        raise ConfigError(f"dataset {dataset.name}: mean/std need {dataset.channels} entries")
+    defense_size = int(cfg.defense_data.size)
+    if not 1 <= defense_size <= dataset.reserve:
+        raise ConfigError(
+            f"defense_data.size={defense_size} is out of range: allowed [1, dataset.reserve={dataset.reserve}]"
+        )
+    seed = cfg.seed
+    if not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"seed={seed!r} is invalid: expected an integer >= 0")
+    parts = CellParts(
+        dataset=dataset,
+        augment=AugmentSpec(**dataset.augment),
+        arch=ArchConfig(**_plain(cfg.arch)),
+        attack=attack,
+        defense=_build(cfg.defense, Defense),
+        recipe=TrainRecipe(**_plain(cfg.train)),
+        logger=LoggerConfig(**_plain(cfg.logger)),
+        seed=seed,
+        defense_size=defense_size,
+        eval_batch=int(cfg.eval.batch_size),
+        cell={
+            "attack": cfg.attack.name,
+            "dataset": dataset.name,
+            "arch": cfg.arch.name,
+            "defense": cfg.defense.name,
+            "seed": seed,
+        },
+    )
+    from benchmark.archs import arch_names
+
+    if parts.arch.name not in arch_names():
+        raise ConfigError(f"Unknown architecture {parts.arch.name!r}; choose from {', '.join(arch_names())}")
+    return parts
+
+
+@contextlib.contextmanager
+def timed(timing: dict[str, float], phase: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timing[phase] = round(timing.get(phase, 0.0) + time.perf_counter() - start, 3)
+
+
+@dataclass
+class CellData:
+    splits: DataSplits
+    poisoned: ImageSet
+    poison_index: torch.Tensor
+    triggered: TriggeredSet
+    defense: ImageSet
+
+
+def prepare_data(parts: CellParts, root: Path, device: torch.device) -> CellData:
+    """Load the dataset, poison the training set, build the triggered test set and the defense data."""
+    ds = parts.dataset
+    train, test = load_dataset(ds.name, root, ds.download)
+    splits = make_splits(
+        train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit
+    )
+    gen = torch.Generator().manual_seed(parts.seed)
+    poisoned, index = poison_train(splits.train, parts.attack, ds.num_classes, gen)
+    triggered = triggered_test(splits.test, parts.attack, ds.num_classes)
+    defense = splits.reserve.subset(torch.randperm(len(splits.reserve), generator=gen)[: parts.defense_size])
+    return CellData(
+        splits=DataSplits(splits.train, splits.reserve, splits.test.to(device), ds.num_classes),
+        poisoned=poisoned.to(device),
+        poison_index=index,
+        triggered=TriggeredSet(triggered.images.to(device), triggered.true_y.to(device)),
+        defense=defense.to(device),
+    )
+
+
+def model_cache_path(parts: CellParts, cache_dir: Path) -> Path:
+    ds = parts.dataset
+    key = cache_key(
+        {
+            "dataset": {k: getattr(ds, k) for k in ("name", "reserve", "split_seed", "train_limit", "size")},
+            "augment": asdict(parts.augment),
+            "arch": asdict(parts.arch),
+            "attack": {"class": type(parts.attack).__qualname__, **asdict(parts.attack)},
+            "train": asdict(parts.recipe),
+            "seed": parts.seed,
+        }
+    )
+    c = parts.cell
+    return Path(cache_dir).expanduser() / f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}-{key}.pt"
+
+
+def obtain_model(
+    parts: CellParts, data: CellData, cache_dir: Path, device: torch.device
+) -> tuple[nn.Module, str, dict]:
+    """The backdoored model: from the cache when this exact configuration was trained before, else trained."""
+    ds = parts.dataset
+    model = build_classifier(
+        parts.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **parts.arch.kwargs
+    )
+    model.to(device)
+    if device.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+
+    def train(m: nn.Module) -> dict[str, Any]:
+        gen = torch.Generator(device).manual_seed(parts.seed)
+        start = time.perf_counter()
+        history = train_classifier(
+            m, data.poisoned, parts.recipe, parts.augment, gen, desc="backdoor training"
+        )
+        return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}
+
+    meta = {"cell": {k: v for k, v in parts.cell.items() if k != "defense"}}
+    model, source, meta = load_or_train(model_cache_path(parts, cache_dir), model, train, meta)
+    return model.to(device), source, meta
+
+
+def evaluate_curve(
+    curve: list[CurvePoint], test: ImageSet, triggered: TriggeredSet, batch_size: int
+) -> list[dict[str, Any]]:
+    """Metrics for every point of a defense's curve — for the record, never for selecting the model."""
+    rows, seen = [], {}
+    for point in curve:
+        if point.key is None or point.key not in seen:
+            metrics = evaluate(point.build(), test, triggered, batch_size)
+            if point.key is not None:
+                seen[point.key] = metrics
+        else:
+            metrics = seen[point.key]
+        rows.append({**point.params, **{k: round(v, 6) for k, v in metrics.as_dict().items()}})
+    return rows
+
+
+def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    """Run one cell and write `result.json` (+ `curve.csv`) into `run_dir`; returns the result."""
+    start = time.perf_counter()
+    timing: dict[str, float] = {}
+    parts = build_parts(cfg)
+    c = parts.cell
+    log.info("cell: %s", ", ".join(f"{k}={v}" for k, v in c.items()))
+    with timed(timing, "data"):
+        data = prepare_data(parts, Path(cfg.paths.data), device)
+    log.info(
+        "data: %d train (%d poisoned), %d reserve, %d test, %d triggered test, %d defense images",
+        len(data.poisoned),
+        len(data.poison_index),
+        len(data.splits.reserve),
+        len(data.splits.test),
+        len(data.triggered.images),
+        len(data.defense),
+    )
+    with timed(timing, "model"):
+        model, source, meta = obtain_model(parts, data, Path(cfg.paths.cache), device)
+    with timed(timing, "evaluate"):
+        before = evaluate(model, data.splits.test, data.triggered, parts.eval_batch)
+    log.info("before: %s", _fmt(before))
+    gen = torch.Generator(device).manual_seed(parts.seed)
+    with timed(timing, "defense"):
+        out = parts.defense(model, DefenseData(data.defense, parts.augment, parts.dataset.num_classes), gen)
+    with timed(timing, "evaluate"):
+        after = evaluate(out.model, data.splits.test, data.triggered, parts.eval_batch)
+    with timed(timing, "curve"):
+        curve_rows = evaluate_curve(out.curve, data.splits.test, data.triggered, parts.eval_batch)
+    log.info("after:  %s", _fmt(after))
+    timing["total"] = round(time.perf_counter() - start, 3)
+    result = {
+        "schema": SCHEMA,
+        "cell": c,
+        "model_source": source,
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+        "der": der(before, after),
+        "defense_info": {**out.info, "curve": curve_rows} if curve_rows else out.info,
+        "timing_s": timing,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "versions": versions(),
+        "model_meta": {"train_seconds": meta.get("train_seconds")},
+    }
+    write_result(run_dir, result)
+    write_csv(run_dir / "curve.csv", curve_rows)
+    logger = make_logger(
+        parts.logger,
+        run_dir,
+        "-".join(str(v) for v in c.values()),
+        result["config"],
+        job_type=str(c["defense"]),
+    )
+    try:
+        logger.log_cell(result, curve_rows)
+    finally:
+        logger.finish()
+    log.info("wrote %s (total %.1f s)", run_dir / "result.json", timing["total"])
+    return result
+
+
+def _fmt(m: Metrics) -> str:
+    return f"clean acc {m.clean_acc:.4f}  ASR {m.asr:.4f}  robust acc {m.robust_acc:.4f}"

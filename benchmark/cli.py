@@ -1,0 +1,70 @@
+"""Entry point: `python -m benchmark [overrides]` runs one cell; `-m` sweeps a grid (Hydra)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from benchmark.errors import BenchmarkError, ConfigError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+log = logging.getLogger("benchmark")
+
+
+def select_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; an explicit CUDA request on a machine without one fails clearly."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device={name!r} is invalid: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
+    return device
+
+
+def setup_runtime(seed: int, device_name: str, threads: int | None = None) -> torch.device:
+    """Seeding, device choice and backend flags: done once, here, for the whole process."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if threads:
+        torch.set_num_threads(threads)
+    device = select_device(device_name)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from benchmark.cell import run_cell  # imported late so `--help` and bad overrides answer fast
+
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    try:
+        device = setup_runtime(cfg.seed if isinstance(cfg.seed, int) else 0, cfg.device, cfg.get("threads"))
+        run_cell(cfg, run_dir, device)
+    except BenchmarkError as exc:
+        log.error("%s", exc)
+        if hc.mode == RunMode.MULTIRUN:
+            raise
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()

@@ -1,0 +1,142 @@
+"""Training on device-resident uint8 tensors: the one training loop of the harness.
+
+`epoch_batches` is also what defenses iterate over, so every loop shares the same batching and
+augmentation; `autocast` gives bf16 on CUDA and plain fp32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from benchmark.archs import to_input
+from benchmark.augment import AugmentSpec, random_crop_flip
+from benchmark.datasets import ImageSet
+from benchmark.validation import Checked, bounded
+
+log = logging.getLogger(__name__)
+
+BatchHook = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class TrainRecipe(Checked):
+    """How the backdoored model is trained (SGD; `milestones` are fractions of `epochs`)."""
+
+    epochs: int = bounded(60, 1)
+    batch_size: int = bounded(256, 1)
+    lr: float = bounded(0.1, 0.0)
+    momentum: float = bounded(0.9, 0.0, 1.0)
+    nesterov: bool = True
+    weight_decay: float = bounded(5e-4, 0.0)
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = bounded(1.0, 0.0)
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    gamma: float = bounded(0.1, 0.0, 1.0)
+    label_smoothing: float = bounded(0.0, 0.0, 1.0)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; nothing on the CPU, where bf16 is slower than fp32 on most machines."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def epoch_batches(
+    data: ImageSet,
+    batch_size: int,
+    augment: AugmentSpec | None,
+    gen: torch.Generator,
+    drop_last: bool = False,
+) -> Iterator[tuple[Tensor, Tensor]]:
+    """One shuffled pass: yields (float images in [0, 1], labels), augmented in whole batches."""
+    n = len(data)
+    order = torch.randperm(n, device=data.x.device, generator=gen)
+    stop = n - n % batch_size if drop_last and n >= batch_size else n
+    channels_last = data.x.device.type == "cuda"
+    for i in range(0, stop, batch_size):
+        idx = order[i : i + batch_size]
+        x = data.x[idx]
+        if augment is not None:
+            x = random_crop_flip(x, augment, gen)
+        yield to_input(x, channels_last), data.y[idx]
+
+
+def lr_lambda(recipe: TrainRecipe, steps_per_epoch: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimiser step: linear warm-up, then the chosen schedule."""
+    total = recipe.epochs * steps_per_epoch
+    warm = int(recipe.warmup_epochs * steps_per_epoch)
+    marks = [int(m * total) for m in recipe.milestones]
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if recipe.schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+        if recipe.schedule == "multistep":
+            return recipe.gamma ** sum(step >= m for m in marks)
+        return 1.0
+
+    return factor
+
+
+def train_classifier(
+    model: nn.Module,
+    data: ImageSet,
+    recipe: TrainRecipe,
+    augment: AugmentSpec,
+    gen: torch.Generator,
+    batch_hook: BatchHook | None = None,
+    desc: str = "train",
+) -> list[dict[str, float]]:
+    """Train `model` in place on `data` (on the model's device); returns per-epoch loss and accuracy.
+
+    `batch_hook(x, y, step)` lets an attack that learns its trigger rewrite each batch; the loop
+    itself stays the only place that trains.
+    """
+    device = data.x.device
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov and recipe.momentum > 0,
+        weight_decay=recipe.weight_decay,
+    )
+    steps_per_epoch = max(1, len(data) // recipe.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe, steps_per_epoch))
+    history, step = [], 0
+    bar = tqdm(range(recipe.epochs), desc=desc, disable=None, leave=False)
+    for epoch in bar:
+        model.train()
+        total_loss = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        seen = 0
+        for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=True):
+            if batch_hook is not None:
+                x, y = batch_hook(x, y, step)
+            with autocast(device):
+                logits = model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            total_loss += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            seen += len(y)
+        row = {"epoch": epoch + 1, "loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
+        history.append(row)
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_acc']:.3f}")
+        log.debug("epoch %d loss %.4f train acc %.4f", epoch + 1, row["loss"], row["train_acc"])
+    return history

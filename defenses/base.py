@@ -1,0 +1,58 @@
+"""The face every defense shows the harness."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from benchmark.augment import AugmentSpec
+from benchmark.datasets import ImageSet
+from benchmark.validation import Checked
+
+
+@dataclass(frozen=True)
+class DefenseData:
+    """What a defense may use: clean images (on the compute device), their augmentation, the class count."""
+
+    images: ImageSet
+    augment: AugmentSpec
+    num_classes: int
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.x.device
+
+
+@dataclass
+class CurvePoint:
+    """One candidate on a defense's curve (e.g. one pruning threshold), built only when evaluated.
+
+    `params` says what the point is (threshold, neurons pruned); points with the same `key` are
+    the same model, so the harness evaluates them once.
+    """
+
+    params: dict[str, Any]
+    build: Callable[[], nn.Module]
+    key: Any = None
+
+
+@dataclass
+class DefenseOutput:
+    model: nn.Module
+    info: dict[str, Any]
+    curve: list[CurvePoint] = field(default_factory=list)
+
+
+@dataclass
+class Defense(Checked):
+    """Parameters are dataclass fields (validated at construction); `__call__` runs the defense.
+
+    Implementations must not modify `model` in place: the harness keeps the original for reference.
+    """
+
+    def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
+        raise NotImplementedError
