@@ -49,7 +49,7 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
 def with_masked_norm(model: nn.Module) -> nn.Module:
     """A deep copy of `model` with every BatchNorm2d replaced by a MaskedBatchNorm2d holding its state."""
     masked = copy.deepcopy(model)
-    for name, module in list(masked.named_modules()):
+    for _name, module in list(masked.named_modules()):
         for child_name, child in list(module.named_children()):
             if type(child) is nn.BatchNorm2d and child.affine and child.track_running_stats:
                 new = MaskedBatchNorm2d(child.num_features, child.eps, child.momentum)

@@ -69,7 +69,7 @@ class RNP(Defense):
     max_holdout_drop: float = bounded(0.02, 0.0, 1.0)
 
     def thresholds(self) -> list[float]:
-        n = int(round((self.sweep_stop - self.sweep_start) / self.sweep_step)) + 1
+        n = round((self.sweep_stop - self.sweep_start) / self.sweep_step) + 1
         return [round(self.sweep_start + i * self.sweep_step, 6) for i in range(max(n, 1))]
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
@@ -199,7 +199,7 @@ def split_holdout(
     images: ImageSet, fraction: float, gen: torch.Generator
 ) -> tuple[ImageSet, ImageSet | None]:
     """Split the defense data into the part the defense trains on and a held-out part for selection."""
-    n_hold = int(round(fraction * len(images)))
+    n_hold = round(fraction * len(images))
     if n_hold == 0:
         return images, None
     order = torch.randperm(len(images), device=images.x.device, generator=gen)
