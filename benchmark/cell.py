@@ -162,9 +162,7 @@ def prepare_data(parts: CellParts, root: Path, device: torch.device) -> CellData
     """Load the dataset, poison the training set, build the triggered test set and the defense data."""
     ds = parts.dataset
     train, test = load_dataset(ds.name, root, ds.download)
-    splits = make_splits(
-        train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit
-    )
+    splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     gen = torch.Generator().manual_seed(parts.seed)
     poisoned, index = poison_train(splits.train, parts.attack, ds.num_classes, gen)
     triggered = triggered_test(splits.test, parts.attack, ds.num_classes)
@@ -199,9 +197,7 @@ def obtain_model(
 ) -> tuple[nn.Module, str, dict]:
     """The backdoored model: from the cache when this exact configuration was trained before, else trained."""
     ds = parts.dataset
-    model = build_classifier(
-        parts.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **parts.arch.kwargs
-    )
+    model = build_classifier(parts.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **parts.arch.kwargs)
     model.to(device)
     if device.type == "cuda":
         model.to(memory_format=torch.channels_last)
@@ -209,9 +205,7 @@ def obtain_model(
     def train(m: nn.Module) -> dict[str, Any]:
         gen = torch.Generator(device).manual_seed(parts.seed)
         start = time.perf_counter()
-        history = train_classifier(
-            m, data.poisoned, parts.recipe, parts.augment, gen, desc="backdoor training"
-        )
+        history = train_classifier(m, data.poisoned, parts.recipe, parts.augment, gen, desc="backdoor training")
         return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}
 
     meta = {"cell": {k: v for k, v in parts.cell.items() if k != "defense"}}

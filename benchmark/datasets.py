@@ -181,9 +181,7 @@ def load_fashion_mnist(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
 
         tr, te = (FashionMNIST(str(root), train=t, download=True) for t in (True, False))
     except Exception as exc:  # any network or archive failure becomes one clear message
-        raise _missing(
-            "fashion_mnist", root, "train/t10k IDX files", _FMNIST_HOW, _download_failed(exc)
-        ) from exc
+        raise _missing("fashion_mnist", root, "train/t10k IDX files", _FMNIST_HOW, _download_failed(exc)) from exc
     return (ImageSet(d.data.unsqueeze(1).clone(), d.targets.long().clone()) for d in (tr, te))  # type: ignore[return-value]
 
 
@@ -206,8 +204,7 @@ def _torchvision_cifar(name: str, cls_name: str, folder: str, url: str) -> Loade
             except Exception as exc:
                 raise _missing(name, root, f"{folder}/", how, _download_failed(exc)) from exc
         tr, te = (
-            ImageSet(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets))
-            for s in sets
+            ImageSet(torch.from_numpy(s.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(s.targets)) for s in sets
         )
         return tr, te
 

@@ -33,9 +33,7 @@ class NullLogger:
 class WandbLogger:
     """One wandb run per cell: the config, before/after metrics as summary, the curve as a Table."""
 
-    def __init__(
-        self, cfg: LoggerConfig, run_dir: Path, name: str, config: dict[str, Any], job_type: str
-    ) -> None:
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, name: str, config: dict[str, Any], job_type: str) -> None:
         import wandb
 
         mode = cfg.mode

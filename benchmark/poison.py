@@ -52,9 +52,7 @@ def choose_poison(y: Tensor, attack: Attack, gen: torch.Generator) -> Tensor:
     return eligible[torch.randperm(len(eligible), generator=gen)[:n]]
 
 
-def poison_train(
-    train: ImageSet, attack: Attack, num_classes: int, gen: torch.Generator
-) -> tuple[ImageSet, Tensor]:
+def poison_train(train: ImageSet, attack: Attack, num_classes: int, gen: torch.Generator) -> tuple[ImageSet, Tensor]:
     """The poisoned training set and the indices that were poisoned."""
     index = choose_poison(train.y, attack, gen)
     x, y = train.x.clone(), train.y.clone()

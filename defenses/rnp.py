@@ -73,9 +73,7 @@ class RNP(Defense):
         return [round(self.sweep_start + i * self.sweep_step, 6) for i in range(max(n, 1))]
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
-        fit, holdout = split_holdout(
-            data.images, self.holdout_fraction if self.selection == "holdout" else 0.0, gen
-        )
+        fit, holdout = split_holdout(data.images, self.holdout_fraction if self.selection == "holdout" else 0.0, gen)
         fit_data = DefenseData(fit, data.augment, data.num_classes)
         unlearned, unlearn_info = self.unlearn(model, fit_data, gen)
         masks, recover_info = self.recover(unlearned, fit_data, gen)
@@ -195,9 +193,7 @@ class RNP(Defense):
         )
 
 
-def split_holdout(
-    images: ImageSet, fraction: float, gen: torch.Generator
-) -> tuple[ImageSet, ImageSet | None]:
+def split_holdout(images: ImageSet, fraction: float, gen: torch.Generator) -> tuple[ImageSet, ImageSet | None]:
     """Split the defense data into the part the defense trains on and a held-out part for selection."""
     n_hold = round(fraction * len(images))
     if n_hold == 0:

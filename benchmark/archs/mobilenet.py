@@ -56,7 +56,5 @@ class MobileNetV2(nn.Module):
 
 
 @register_arch
-def mobilenet_v2(
-    num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d
-) -> MobileNetV2:
+def mobilenet_v2(num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d) -> MobileNetV2:
     return MobileNetV2(num_classes, in_channels, norm_layer)

@@ -23,9 +23,7 @@ class BasicBlock(nn.Module):
         self.conv2, self.bn2 = _conv3x3(cout, cout), norm_layer(cout)
         self.shortcut = nn.Sequential()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), norm_layer(cout)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), norm_layer(cout))
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -93,9 +91,7 @@ class ResNet(nn.Module):
 
 
 @register_arch
-def resnet18(
-    num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d, width: int = 64
-) -> ResNet:
+def resnet18(num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d, width: int = 64) -> ResNet:
     return ResNet(BasicBlock, num_classes, in_channels, norm_layer, width)
 
 

@@ -15,9 +15,7 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 class VGG(nn.Module):
     """conv-norm-ReLU stages separated by max pools (ceil mode, so 28x28 inputs survive five pools)."""
 
-    def __init__(
-        self, plan: Sequence[int | str], num_classes: int, in_channels: int, norm_layer: NormLayer
-    ) -> None:
+    def __init__(self, plan: Sequence[int | str], num_classes: int, in_channels: int, norm_layer: NormLayer) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         cin = in_channels
@@ -45,9 +43,7 @@ def vgg16_bn(num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.
 
 
 @register_arch
-def convnet(
-    num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d, width: int = 32
-) -> VGG:
+def convnet(num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d, width: int = 32) -> VGG:
     """Three stages (w, w | 2w, 2w | 4w): about 0.3M parameters at width 32."""
     w = width
     return VGG((w, w, "M", 2 * w, 2 * w, "M", 4 * w, "M"), num_classes, in_channels, norm_layer)
