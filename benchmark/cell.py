@@ -198,9 +198,7 @@ def obtain_model(
     """The backdoored model: from the cache when this exact configuration was trained before, else trained."""
     ds = parts.dataset
     model = build_classifier(parts.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **parts.arch.kwargs)
-    model.to(device)
-    if device.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+    model.to(device, memory_format=torch.channels_last)
 
     def train(m: nn.Module) -> dict[str, Any]:
         gen = torch.Generator(device).manual_seed(parts.seed)

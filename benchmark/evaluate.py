@@ -26,14 +26,13 @@ class Metrics:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 1024) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
     """Predicted labels of uint8 images `x` (N, C, H, W), on x's device, model in eval mode."""
     model.eval()
-    channels_last = x.device.type == "cuda"
     preds = []
     for i in range(0, len(x), batch_size):
         with autocast(x.device):
-            preds.append(model(to_input(x[i : i + batch_size], channels_last)).argmax(1))
+            preds.append(model(to_input(x[i : i + batch_size])).argmax(1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
 
 

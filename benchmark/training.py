@@ -63,13 +63,12 @@ def epoch_batches(
     n = len(data)
     order = torch.randperm(n, device=data.x.device, generator=gen)
     stop = n - n % batch_size if drop_last and n >= batch_size else n
-    channels_last = data.x.device.type == "cuda"
     for i in range(0, stop, batch_size):
         idx = order[i : i + batch_size]
         x = data.x[idx]
         if augment is not None:
             x = random_crop_flip(x, augment, gen)
-        yield to_input(x, channels_last), data.y[idx]
+        yield to_input(x), data.y[idx]
 
 
 def lr_lambda(recipe: TrainRecipe, steps_per_epoch: int) -> Callable[[int], float]:

@@ -1,0 +1,73 @@
+"""Shared test helpers: compose the real Hydra config and shrink it to a tiny CPU run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from attacks.badnets import BadNets
+from benchmark.archs import build_classifier
+from benchmark.augment import AugmentSpec
+from benchmark.cli import CONF_DIR
+from benchmark.datasets import load_dataset, make_splits
+from benchmark.evaluate import evaluate
+from benchmark.poison import poison_train, triggered_test
+from benchmark.training import TrainRecipe, train_classifier
+
+CONF = Path(CONF_DIR)
+
+# Shrinks any cell to seconds on the CPU: tiny net, 1 epoch, small data, short defense.
+FAST = [
+    "experiment=quickstart",
+    "train.epochs=1",
+    "dataset.train_limit=1500",
+    "dataset.test_limit=400",
+    "arch.kwargs.width=8",
+    "defense_data.size=200",
+]
+
+
+def group_options(group: str) -> list[str]:
+    """Every option of a config group, from the YAML files (so new options are tested for free)."""
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def compose_cfg(overrides: list[str]) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+@pytest.fixture
+def tmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Isolate caches and data roots (and HOME, which gdown and wandb read) in a temp dir."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("BENCHMARK_HOME", str(tmp_path / "bench"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    """Splits of the embedded data, small: (train, reserve, test) ImageSets."""
+    train, test = load_dataset("embedded", Path("/nonexistent"), False)
+    return make_splits(train, test, 10, reserve=500, split_seed=0, train_limit=4000, test_limit=600)
+
+
+@pytest.fixture(scope="session")
+def backdoored(embedded):
+    """A small convnet with a planted BadNets backdoor (trained once per test session, ~15 s)."""
+    torch.manual_seed(0)
+    attack = BadNets()
+    gen = torch.Generator().manual_seed(0)
+    poisoned, _ = poison_train(embedded.train, attack, 10, gen)
+    triggered = triggered_test(embedded.test, attack, 10)
+    model = build_classifier("convnet", 10, 1, [0.286], [0.353], width=16)
+    recipe = TrainRecipe(epochs=3, batch_size=128, lr=0.05, warmup_epochs=0.5)
+    train_classifier(model, poisoned, recipe, AugmentSpec(crop_pad=2), gen)
+    before = evaluate(model, embedded.test, triggered)
+    assert before.asr > 0.9 and before.clean_acc > 0.6, before
+    return model, triggered, before

@@ -1,0 +1,67 @@
+"""Every registered architecture: odd class counts, grey and colour input, gradients, norm_layer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark.archs import arch_names, build_arch, build_classifier, register_arch
+from benchmark.errors import ConfigError
+from tests.conftest import group_options
+
+
+@pytest.mark.parametrize("name", arch_names())
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 32)])
+def test_forward_backward_with_odd_class_count(name: str, channels: int, size: int) -> None:
+    model = build_classifier(name, 7, channels, [0.5] * channels, [0.25] * channels)
+    out = model(torch.rand(2, channels, size, size))
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+class CountingNorm(nn.BatchNorm2d):
+    made = 0
+
+    def __init__(self, n: int) -> None:
+        super().__init__(n)
+        CountingNorm.made += 1
+
+
+@pytest.mark.parametrize("name", arch_names())
+def test_norm_layer_is_used_everywhere(name: str) -> None:
+    CountingNorm.made = 0
+    model = build_arch(name, 5, 3, norm_layer=CountingNorm)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert bns and all(isinstance(m, CountingNorm) for m in bns) and CountingNorm.made == len(bns)
+
+
+def test_every_arch_yaml_is_registered() -> None:
+    assert set(group_options("arch")) <= set(arch_names())
+
+
+def test_registry_rejects_unknown_and_duplicate_names() -> None:
+    with pytest.raises(ConfigError, match="Unknown architecture 'resnet183'; choose from .*resnet18"):
+        build_arch("resnet183", 10)
+    with pytest.raises(KeyError, match="registered twice"):
+
+        @register_arch
+        def resnet18(**_: object) -> nn.Module:  # noqa: F811 (the point of the test)
+            return nn.Identity()
+
+
+def test_resnet18_matches_reference_checkpoint_layout() -> None:
+    keys = build_arch("resnet18", 10).state_dict()
+    assert keys["conv1.weight"].shape == (64, 3, 3, 3)
+    assert keys["layer2.0.shortcut.0.weight"].shape == (128, 64, 1, 1)
+    assert "layer4.0.shortcut.1.running_var" in keys and "layer1.0.shortcut.0.weight" not in keys
+    assert keys["linear.weight"].shape == (10, 512)
+    bn_channels = sum(m.num_features for m in build_arch("resnet18", 10).modules() if isinstance(m, nn.BatchNorm2d))
+    assert bn_channels == 4800  # the 4,800 masks RNP learns on ResNet-18
+
+
+def test_classifier_state_dict_is_the_bare_net() -> None:
+    model = build_classifier("resnet18", 10, 3, [0.5] * 3, [0.5] * 3)
+    assert set(model.net.state_dict()) == set(build_arch("resnet18", 10).state_dict())
+    assert all(k.startswith("net.") for k in model.state_dict())

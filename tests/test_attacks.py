@@ -1,0 +1,96 @@
+"""Attack properties, parametrised over conf/attack/*.yaml so a new attack is tested for free."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attacks.badnets import BadNets
+from attacks.base import Attack
+from benchmark.cell import build_parts
+from benchmark.datasets import ImageSet
+from benchmark.errors import ConfigError
+from benchmark.poison import choose_poison, poison_train, triggered_test
+from tests.conftest import compose_cfg, group_options
+
+ATTACKS = group_options("attack")
+
+
+def make_attack(name: str, *overrides: str) -> Attack:
+    return build_parts(compose_cfg([f"attack={name}", "dataset=embedded", *overrides])).attack
+
+
+def images(n: int = 64, c: int = 3, size: int = 32, seed: int = 0) -> ImageSet:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, c, size, size), dtype=torch.uint8, generator=gen)
+    return ImageSet(x, torch.arange(n) % 10)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("c,size", [(1, 28), (3, 32), (3, 64)])
+def test_trigger_keeps_shape_dtype_and_device(name: str, c: int, size: int, tmp_home) -> None:
+    x = images(8, c, size).x
+    out = make_attack(name).apply(x)
+    assert out.shape == x.shape and out.dtype == torch.uint8 and out.device == x.device
+    assert not torch.equal(out, x)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_trigger_is_deterministic(name: str, tmp_home) -> None:
+    x = images(8).x
+    assert torch.equal(make_attack(name).apply(x), make_attack(name).apply(x))
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+@pytest.mark.parametrize("mode", ["all2one", "all2all"])
+def test_poison_count_and_labels(name: str, mode: str, tmp_home) -> None:
+    attack = make_attack(name, f"attack.label_mode={mode}", "attack.poison_rate=0.05")
+    if attack.clean_label and mode == "all2all":
+        pytest.skip("clean-label attacks are all2one")
+    data = images(200)
+    poisoned, index = poison_train(data, attack, 10, torch.Generator().manual_seed(0))
+    assert len(index) == 10 and len(set(index.tolist())) == 10
+    untouched = torch.ones(200, dtype=torch.bool)
+    untouched[index] = False
+    assert torch.equal(poisoned.x[untouched], data.x[untouched]) and torch.equal(poisoned.y[untouched], data.y[untouched])
+    if attack.clean_label:
+        assert (data.y[index] == attack.target).all() and torch.equal(poisoned.y, data.y)
+    elif mode == "all2one":
+        assert (poisoned.y[index] == attack.target).all() and (data.y[index] != attack.target).all()
+    else:
+        assert torch.equal(poisoned.y[index], (data.y[index] + 1) % 10)
+    again, index2 = poison_train(data, attack, 10, torch.Generator().manual_seed(0))
+    assert torch.equal(index, index2) and torch.equal(again.x, poisoned.x)
+
+
+@pytest.mark.parametrize("name", ATTACKS)
+def test_triggered_test_set_excludes_images_already_of_the_target(name: str, tmp_home) -> None:
+    attack = make_attack(name)
+    data = images(100)
+    trig = triggered_test(data, attack, 10)
+    assert len(trig.images) == 90 and (trig.true_y != attack.target).all()
+    assert (trig.images.y == attack.target).all()
+
+
+def test_badnets_changes_only_the_reference_patch() -> None:
+    x = images(4, 3, 32).x
+    out = BadNets().apply(x)
+    changed = (out != x).any(0).any(0)  # (H, W)
+    assert changed[:29].sum() == 0 and changed[:, :29].sum() == 0
+    expected = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8)
+    assert all(torch.equal(out[i, c, 29:, 29:], expected) for i in range(4) for c in range(3))
+
+
+def test_badnets_patch_scales_with_image_size() -> None:
+    out = BadNets().apply(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
+    assert (out[0, 0] != 0).nonzero().min(0).values.tolist() == [203, 203]  # 7 px cells: a 21x21 patch
+    assert torch.equal(BadNets().patch(224, torch.device("cpu"))[::7, ::7], BadNets().patch(32, torch.device("cpu")))
+
+
+def test_poison_rate_beyond_the_eligible_images_is_refused() -> None:
+    class CleanLabel(BadNets):
+        clean_label = True
+
+    y = torch.arange(100) % 10
+    with pytest.raises(ConfigError, match="poison_rate=0.5 asks for 50 poisoned images but only 10"):
+        choose_poison(y, CleanLabel(poison_rate=0.5), torch.Generator())

@@ -1,0 +1,94 @@
+"""The command line, end to end, on the embedded data (subprocesses, as a user would run it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import FAST
+
+RESULT_KEYS = [
+    "schema", "cell", "model_source", "before", "after", "der", "defense_info", "timing_s", "config", "versions",
+]  # fmt: skip
+
+
+def run_cli(args: list[str], home: Path, timeout: int = 300, **env: str | None) -> subprocess.CompletedProcess:
+    """Run the CLI in `home` (HOME and BENCHMARK_HOME point there); an env value of None unsets it."""
+    environ = {**os.environ, "HOME": str(home), "BENCHMARK_HOME": str(home / "bench"), "WANDB_MODE": "disabled"}
+    environ.pop("WANDB_API_KEY", None)
+    for key, value in env.items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value
+    return subprocess.run(
+        [sys.executable, "-m", "benchmark", *args],
+        cwd=home, env=environ, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def check_result(path: Path, defense: str) -> dict:
+    result = json.loads(path.read_text())
+    assert [k for k in RESULT_KEYS if k not in result] == []
+    assert result["schema"] == 1
+    assert result["cell"] == {"attack": "badnets", "dataset": "embedded", "arch": "convnet", "defense": defense, "seed": 0}
+    for phase in ("before", "after"):
+        assert set(result[phase]) == {"clean_acc", "asr", "robust_acc"}
+        assert all(0.0 <= v <= 1.0 for v in result[phase].values())
+    assert 0.0 <= result["der"] <= 1.0
+    assert {"data", "model", "defense", "evaluate", "total"} <= set(result["timing_s"])
+    assert result["versions"]["torch"] and result["versions"]["benchmark"]
+    assert result["config"]["seed"] == 0
+    return result
+
+
+def test_single_cell_writes_result_and_reuses_the_cached_model(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli([*FAST, f"hydra.run.dir={run_dir}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    first = check_result(run_dir / "result.json", "rnp")
+    assert first["model_source"] == "trained"
+    curve = (run_dir / "curve.csv").read_text().splitlines()
+    assert curve[0] == "threshold,pruned,clean_acc,asr,robust_acc" and len(curve) == 20
+    assert len(first["defense_info"]["curve"]) == 19
+    assert (run_dir / "benchmark.log").read_text().count("before: clean acc") == 1
+
+    proc = run_cli([*FAST, f"hydra.run.dir={tmp_path / 'again'}", "defense=none"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    second = check_result(tmp_path / "again" / "result.json", "none")
+    assert second["model_source"] == "cache" and second["before"] == first["before"]
+
+
+def test_multirun_writes_one_result_per_cell_in_named_subdirs(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    proc = run_cli(["-m", *FAST, "defense=none,rnp", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    for defense in ("none", "rnp"):
+        check_result(sweep / "embedded" / "convnet" / "badnets" / defense / "seed0" / "result.json", defense)
+
+
+def test_missing_cifar10_fails_fast_with_a_short_message(tmp_path: Path) -> None:
+    proc = run_cli(["dataset.download=false", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "Traceback" not in out
+    assert "cifar10" in out and str(tmp_path / "bench" / "data" / "cifar10") in out
+    assert "cifar-10-python.tar.gz" in out and "experiment=quickstart" in out
+
+
+def test_bad_override_fails_at_start_naming_the_range(tmp_path: Path) -> None:
+    proc = run_cli([*FAST, "attack.poison_rate=1.5", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "poison_rate=1.5 is out of range: allowed [0.0, 1.0]" in proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_wandb_logger_runs_offline_without_an_api_key(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    proc = run_cli([*FAST, "logger=wandb", f"hydra.run.dir={run_dir}"], tmp_path, WANDB_MODE=None)
+    assert proc.returncode == 0, proc.stderr
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
