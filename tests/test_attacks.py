@@ -52,7 +52,8 @@ def test_poison_count_and_labels(name: str, mode: str, tmp_home) -> None:
     assert len(index) == 10 and len(set(index.tolist())) == 10
     untouched = torch.ones(200, dtype=torch.bool)
     untouched[index] = False
-    assert torch.equal(poisoned.x[untouched], data.x[untouched]) and torch.equal(poisoned.y[untouched], data.y[untouched])
+    assert torch.equal(poisoned.x[untouched], data.x[untouched])
+    assert torch.equal(poisoned.y[untouched], data.y[untouched])
     if attack.clean_label:
         assert (data.y[index] == attack.target).all() and torch.equal(poisoned.y, data.y)
     elif mode == "all2one":
@@ -92,5 +93,5 @@ def test_poison_rate_beyond_the_eligible_images_is_refused() -> None:
         clean_label = True
 
     y = torch.arange(100) % 10
-    with pytest.raises(ConfigError, match="poison_rate=0.5 asks for 50 poisoned images but only 10"):
+    with pytest.raises(ConfigError, match=r"poison_rate=0\.5 asks for 50 poisoned images but only 10"):
         choose_poison(y, CleanLabel(poison_rate=0.5), torch.Generator())

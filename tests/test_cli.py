@@ -34,7 +34,8 @@ def check_result(path: Path, defense: str) -> dict:
     result = json.loads(path.read_text())
     assert [k for k in RESULT_KEYS if k not in result] == []
     assert result["schema"] == 1
-    assert result["cell"] == {"attack": "badnets", "dataset": "embedded", "arch": "convnet", "defense": defense, "seed": 0}
+    cell = {"attack": "badnets", "dataset": "embedded", "arch": "convnet", "defense": defense, "seed": 0}
+    assert result["cell"] == cell
     for phase in ("before", "after"):
         assert set(result[phase]) == {"clean_acc", "asr", "robust_acc"}
         assert all(0.0 <= v <= 1.0 for v in result[phase].values())

@@ -12,9 +12,7 @@ from tests.conftest import compose_cfg, group_options
 GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment"]
 
 
-@pytest.mark.parametrize(
-    "group,option", [(g, o) for g in GROUPS for o in group_options(g)], ids=lambda v: str(v)
-)
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)], ids=lambda v: str(v))
 def test_every_option_composes_and_validates(group: str, option: str, tmp_home) -> None:
     cfg = compose_cfg([f"{group}={option}"])
     parts = build_parts(cfg)

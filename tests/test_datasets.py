@@ -41,7 +41,7 @@ def test_idx_round_trip(tmp_path: Path) -> None:
 
 
 def test_unknown_dataset_names_the_choices() -> None:
-    with pytest.raises(ConfigError, match="Unknown dataset 'cifar11'; choose from .*cifar10"):
+    with pytest.raises(ConfigError, match=r"Unknown dataset 'cifar11'; choose from .*cifar10"):
         load_dataset("cifar11", Path("/tmp"), False)
 
 
