@@ -18,6 +18,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+from tqdm.auto import tqdm
 
 from attacks.base import Attack
 from benchmark.archs import build_classifier
@@ -216,7 +217,7 @@ def evaluate_curve(
 ) -> list[dict[str, Any]]:
     """Metrics for every point of a defense's curve — for the record, never for selecting the model."""
     rows, seen = [], {}
-    for point in curve:
+    for point in tqdm(curve, desc="defense curve", disable=None, leave=False):
         if point.key is None or point.key not in seen:
             metrics = evaluate(point.build(), test, triggered, batch_size)
             if point.key is not None:

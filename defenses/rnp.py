@@ -53,6 +53,7 @@ class RNP(Defense):
     unlearn_epochs: int = bounded(20, 1)
     unlearn_milestones: list[int] = field(default_factory=lambda: [10, 20])
     clean_threshold: float = bounded(0.2, 0.0, 1.0)
+    unlearn_check: Literal["epoch", "batch"] = "epoch"
     unlearn_grad_clip: float | None = bounded(None, 0.0)
     # mask recovery
     recover_lr: float = bounded(0.2, 0.0)
@@ -122,6 +123,8 @@ class RNP(Defense):
                 opt.step()
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
+                if self.unlearn_check == "batch" and correct / seen <= self.clean_threshold:
+                    break  # the running accuracy of this epoch so far is low enough: stop mid-epoch
             sched.step()
             accs.append(correct / seen)
             bar.set_postfix(acc=f"{accs[-1]:.3f}")

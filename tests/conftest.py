@@ -67,7 +67,8 @@ def backdoored(embedded):
     triggered = triggered_test(embedded.test, attack, 10)
     model = build_classifier("convnet", 10, 1, [0.286], [0.353], width=16)
     recipe = TrainRecipe(epochs=3, batch_size=128, lr=0.05, warmup_epochs=0.5)
-    train_classifier(model, poisoned, recipe, AugmentSpec(crop_pad=2), gen)
+    # No flips: in 3 epochs a flipped corner trigger (two positions) is learned for some seeds only.
+    train_classifier(model, poisoned, recipe, AugmentSpec(crop_pad=2, flip=False), gen)
     before = evaluate(model, embedded.test, triggered)
     assert before.asr > 0.9 and before.clean_acc > 0.6, before
     return model, triggered, before

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import MissingConfigException
+from omegaconf import OmegaConf
 
 from benchmark.cell import build_parts
 from benchmark.errors import ConfigError
-from tests.conftest import compose_cfg, group_options
+from tests.conftest import CONF, compose_cfg, group_options
 
 GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment"]
 
@@ -50,3 +51,17 @@ def test_unknown_group_option_names_the_choices() -> None:
     with pytest.raises(MissingConfigException) as err:
         compose_cfg(["defense=nope"])
     assert "rnp" in str(err.value) and "none" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for g in ("attack_dataset", "defense_dataset") for p in (CONF / g).glob("*.yaml"))
+)
+def test_specialisation_files_name_real_options_and_apply(path, tmp_home) -> None:
+    """`<group>_dataset/<option>_<dataset>.yaml` must name existing options, and must take effect."""
+    group = path.parent.name.split("_")[0]
+    option, dataset = next((o, path.stem[len(o) + 1 :]) for o in group_options(group) if path.stem.startswith(o + "_"))
+    assert dataset in group_options("dataset"), path
+    cfg = compose_cfg([f"{group}={option}", f"dataset={dataset}"])
+    specialised = OmegaConf.load(path)
+    assert all(cfg[group][k] == v for k, v in specialised.items()), path
+    build_parts(cfg)

@@ -20,7 +20,7 @@ from tests.conftest import compose_cfg, group_options
 
 DEFENSES = group_options("defense")
 # Fewer iterations for the fast suite; every other parameter is the YAML's.
-SHRINK: dict[str, list[str]] = {"rnp": ["defense.unlearn_lr=0.002", "defense.recover_epochs=10"]}
+SHRINK: dict[str, list[str]] = {"rnp": ["defense.recover_epochs=10"]}
 
 
 def make_defense(name: str, *overrides: str):
