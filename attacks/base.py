@@ -19,6 +19,12 @@ class Attack(Checked):
     `poison_rate` is a fraction of the whole training set. all2one sends every triggered image to
     `target`; all2all sends class y to (y + 1) mod K. Clean-label attacks (`clean_label = True`)
     poison only target-class images and keep their labels.
+
+    Three triggers, so that attacks whose training trigger differs from the test one (A-Blend) or that
+    add label-keeping "cover" samples (WaNet's noise mode, A-Blend's regularisation samples) share the
+    poisoning code: `apply` (test time, deterministic), `apply_train` (poisoned training images) and
+    `apply_cover` (a `cover_fraction()` of the training set, triggered but keeping their labels).
+    Any randomness at poisoning time comes from the generator passed in.
     """
 
     target: int = bounded(0, lo=0)
@@ -28,8 +34,20 @@ class Attack(Checked):
     clean_label: ClassVar[bool] = False
 
     def apply(self, x: Tensor) -> Tensor:
-        """Stamp the trigger: (N, C, H, W) uint8 -> (N, C, H, W) uint8, same device."""
+        """Stamp the test-time trigger: (N, C, H, W) uint8 -> (N, C, H, W) uint8, same device."""
         raise NotImplementedError
+
+    def apply_train(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """The trigger on poisoned training images; the test-time one unless the attack varies it."""
+        return self.apply(x)
+
+    def cover_fraction(self) -> float:
+        """Fraction of the whole training set that gets `apply_cover` but keeps its label (0: none)."""
+        return 0.0
+
+    def apply_cover(self, x: Tensor, gen: torch.Generator) -> Tensor:
+        """The trigger on cover samples (label kept); by default the training trigger."""
+        return self.apply_train(x, gen)
 
     def target_labels(self, y: Tensor, num_classes: int) -> Tensor:
         """The label a triggered image of true class `y` should be classified as."""
@@ -46,3 +64,19 @@ class Attack(Checked):
             )
         if self.clean_label and self.label_mode == "all2all":
             raise ConfigError(f"{type(self).__name__} is clean-label: label_mode must be 'all2one'")
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """Round and clip a float image batch back to uint8."""
+    return x.round().clamp(0, 255).to(torch.uint8)
+
+
+def uniform_pattern(seed: int, channels: int, base: int, h: int, w: int, device: torch.device) -> Tensor:
+    """A fixed uniform-noise image in [0, 255], drawn at `base` x `base` from `seed` and resized to (h, w).
+
+    Drawn on the CPU so the pattern is the same on every device; nearest resizing keeps it noise-like
+    and makes its blocks grow with the image, as BadNets' cells do. Returns (1, C, h, w) float32.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    small = torch.rand(1, channels, base, base, generator=gen) * 255
+    return torch.nn.functional.interpolate(small, size=(h, w), mode="nearest-exact").to(device)

@@ -28,7 +28,7 @@ from benchmark.errors import ConfigError
 from benchmark.evaluate import Metrics, der, evaluate
 from benchmark.loggers import LoggerConfig, make_logger
 from benchmark.model_cache import cache_key, load_or_train
-from benchmark.poison import TriggeredSet, poison_train, triggered_test
+from benchmark.poison import TriggeredSet, poison_train_split, triggered_test
 from benchmark.record import SCHEMA, versions, write_csv, write_result
 from benchmark.training import TrainRecipe, train_classifier
 from benchmark.validation import Checked, bounded
@@ -155,6 +155,7 @@ class CellData:
     splits: DataSplits
     poisoned: ImageSet
     poison_index: torch.Tensor
+    cover_index: torch.Tensor
     triggered: TriggeredSet
     defense: ImageSet
 
@@ -165,13 +166,14 @@ def prepare_data(parts: CellParts, root: Path, device: torch.device) -> CellData
     train, test = load_dataset(ds.name, root, ds.download)
     splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     gen = torch.Generator().manual_seed(parts.seed)
-    poisoned, index = poison_train(splits.train, parts.attack, ds.num_classes, gen)
+    poisoned = poison_train_split(splits.train, parts.attack, ds.num_classes, gen)
     triggered = triggered_test(splits.test, parts.attack, ds.num_classes)
     defense = splits.reserve.subset(torch.randperm(len(splits.reserve), generator=gen)[: parts.defense_size])
     return CellData(
         splits=DataSplits(splits.train, splits.reserve, splits.test.to(device), ds.num_classes),
-        poisoned=poisoned.to(device),
-        poison_index=index,
+        poisoned=poisoned.images.to(device),
+        poison_index=poisoned.index,
+        cover_index=poisoned.cover,
         triggered=TriggeredSet(triggered.images.to(device), triggered.true_y.to(device)),
         defense=defense.to(device),
     )
@@ -238,9 +240,10 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
     with timed(timing, "data"):
         data = prepare_data(parts, Path(cfg.paths.data), device)
     log.info(
-        "data: %d train (%d poisoned), %d reserve, %d test, %d triggered test, %d defense images",
+        "data: %d train (%d poisoned, %d cover), %d reserve, %d test, %d triggered test, %d defense images",
         len(data.poisoned),
         len(data.poison_index),
+        len(data.cover_index),
         len(data.splits.reserve),
         len(data.splits.test),
         len(data.triggered.images),

@@ -10,7 +10,7 @@ from attacks.base import Attack
 from benchmark.cell import build_parts
 from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
-from benchmark.poison import choose_poison, poison_train, triggered_test
+from benchmark.poison import choose_poison, poison_train, poison_train_split, triggered_test
 from tests.conftest import compose_cfg, group_options
 
 ATTACKS = group_options("attack")
@@ -44,14 +44,24 @@ def test_trigger_is_deterministic(name: str, tmp_home) -> None:
 @pytest.mark.parametrize("name", ATTACKS)
 @pytest.mark.parametrize("mode", ["all2one", "all2all"])
 def test_poison_count_and_labels(name: str, mode: str, tmp_home) -> None:
+    if make_attack(name).clean_label and mode == "all2all":
+        with pytest.raises(ConfigError, match="clean-label: label_mode must be 'all2one'"):
+            make_attack(name, f"attack.label_mode={mode}")
+        return
     attack = make_attack(name, f"attack.label_mode={mode}", "attack.poison_rate=0.05")
-    if attack.clean_label and mode == "all2all":
-        pytest.skip("clean-label attacks are all2one")
     data = images(200)
-    poisoned, index = poison_train(data, attack, 10, torch.Generator().manual_seed(0))
+    out = poison_train_split(data, attack, 10, torch.Generator().manual_seed(0))
+    poisoned, index, cover = out.images, out.index, out.cover
     assert len(index) == 10 and len(set(index.tolist())) == 10
+    assert all(not torch.equal(poisoned.x[i], data.x[i]) for i in index)
+    # Cover samples (WaNet's noise mode, A-Blend's regularisation): triggered, label kept, disjoint from index.
+    assert len(cover) == round(attack.cover_fraction() * 200) and len(set(cover.tolist())) == len(cover)
+    assert not set(cover.tolist()) & set(index.tolist())
+    assert torch.equal(poisoned.y[cover], data.y[cover])
+    assert all(not torch.equal(poisoned.x[i], data.x[i]) for i in cover)
     untouched = torch.ones(200, dtype=torch.bool)
     untouched[index] = False
+    untouched[cover] = False
     assert torch.equal(poisoned.x[untouched], data.x[untouched])
     assert torch.equal(poisoned.y[untouched], data.y[untouched])
     if attack.clean_label:
@@ -61,7 +71,7 @@ def test_poison_count_and_labels(name: str, mode: str, tmp_home) -> None:
     else:
         assert torch.equal(poisoned.y[index], (data.y[index] + 1) % 10)
     again, index2 = poison_train(data, attack, 10, torch.Generator().manual_seed(0))
-    assert torch.equal(index, index2) and torch.equal(again.x, poisoned.x)
+    assert torch.equal(index, index2) and torch.equal(again.x, poisoned.x) and torch.equal(again.y, poisoned.y)
 
 
 @pytest.mark.parametrize("name", ATTACKS)
@@ -95,3 +105,13 @@ def test_poison_rate_beyond_the_eligible_images_is_refused() -> None:
     y = torch.arange(100) % 10
     with pytest.raises(ConfigError, match=r"poison_rate=0\.5 asks for 50 poisoned images but only 10"):
         choose_poison(y, CleanLabel(poison_rate=0.5), torch.Generator())
+
+
+def test_attacks_without_cover_or_random_triggers_draw_only_the_poison_choice() -> None:
+    """BadNets poisoning leaves the generator where choosing the indices did, so later draws
+    (the defense data subset) are as they were before cover samples existed."""
+    data = images(200)
+    g1, g2 = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    poison_train(data, BadNets(), 10, g1)
+    choose_poison(data.y, BadNets(), g2)
+    assert torch.equal(g1.get_state(), g2.get_state())
