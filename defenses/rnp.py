@@ -9,9 +9,9 @@ Defense", ICML 2023).
 Defaults follow the authors' code (see conf/defense/rnp.yaml). Bugs of the reference fixed here:
 gradient clipping (there called before backward, so it never clipped) is off unless asked for;
 an unlearning run that never reaches the threshold still yields its final weights (and says so);
-no hard-coded class count or image size. The final model is chosen without test data: a fixed
-threshold (default), or the largest threshold whose pruned model keeps accuracy on a held-out part
-of the defense data.
+no hard-coded class count or image size. The final model is chosen without test data (see
+`defenses.mask_pruning`): a fixed threshold (default), a fixed count, or the largest threshold whose
+pruned model keeps accuracy on a held-out part of the defense data.
 """
 
 from __future__ import annotations
@@ -19,32 +19,24 @@ from __future__ import annotations
 import copy
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmark.datasets import ImageSet
-from benchmark.evaluate import accuracy
 from benchmark.training import autocast, epoch_batches
 from benchmark.validation import bounded
-from defenses.base import CurvePoint, Defense, DefenseData, DefenseOutput
-from defenses.masks import (
-    count_below,
-    lowest_channels,
-    mask_layers,
-    mask_values,
-    prune_channels,
-    with_masked_norm,
-)
+from defenses.base import DefenseData, DefenseOutput
+from defenses.mask_pruning import MaskPruningDefense
+from defenses.masks import mask_layers, mask_values, with_masked_norm
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class RNP(Defense):
+class RNP(MaskPruningDefense):
     batch_size: int = bounded(128, 1)
     # unlearning
     unlearn_lr: float = bounded(0.01, 0.0)
@@ -60,42 +52,14 @@ class RNP(Defense):
     recover_momentum: float = bounded(0.9, 0.0, 1.0)
     recover_epochs: int = bounded(20, 1)
     alpha: float = bounded(0.2, 0.0)
-    # pruning
-    sweep_start: float = bounded(0.0, 0.0, 1.0)
-    sweep_stop: float = bounded(0.9, 0.0, 1.0)
-    sweep_step: float = bounded(0.05, 1e-6, 1.0)
-    selection: Literal["threshold", "holdout"] = "threshold"
-    prune_threshold: float = bounded(0.2, 0.0, 1.0)
-    holdout_fraction: float = bounded(0.2, 0.0, 0.9)
-    max_holdout_drop: float = bounded(0.02, 0.0, 1.0)
-
-    def thresholds(self) -> list[float]:
-        n = round((self.sweep_stop - self.sweep_start) / self.sweep_step) + 1
-        return [round(self.sweep_start + i * self.sweep_step, 6) for i in range(max(n, 1))]
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
-        fit, holdout = split_holdout(data.images, self.holdout_fraction if self.selection == "holdout" else 0.0, gen)
+        fit, holdout = self.split(data.images, gen)
         fit_data = DefenseData(fit, data.augment, data.num_classes)
         unlearned, unlearn_info = self.unlearn(model, fit_data, gen)
         masks, recover_info = self.recover(unlearned, fit_data, gen)
         del unlearned
-        curve = [self._curve_point(model, masks, t) for t in self.thresholds()]
-        threshold, rule_info = self.select(model, masks, holdout)
-        pruned, n_pruned = prune_channels(model, masks, threshold)
-        all_masks = torch.cat(list(masks.values()))
-        info: dict[str, Any] = {
-            "rule": self.selection,
-            "selected_threshold": threshold,
-            "pruned": n_pruned,
-            "total_channels": int(all_masks.numel()),
-            "pruned_channels": lowest_channels(masks, threshold),
-            "mask_quantiles": {q: round(float(all_masks.quantile(q)), 4) for q in (0.0, 0.01, 0.05, 0.5)},
-            "masks_below": {str(t): count_below(masks, t) for t in (0.0, 0.1, 0.2, 0.5)},
-            "unlearn": unlearn_info,
-            "recover": recover_info,
-            **rule_info,
-        }
-        return DefenseOutput(model=pruned, info=info, curve=curve)
+        return self.finish(model, masks, holdout, {"unlearn": unlearn_info, "recover": recover_info})
 
     def unlearn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[nn.Module, dict]:
         """Gradient ascent on clean CE over all weights; stop after the first epoch with acc <= threshold."""
@@ -172,34 +136,3 @@ class RNP(Defense):
                 seen += len(y)
             accs.append(correct / seen)
         return mask_values(net), {"epochs": self.recover_epochs, "acc_per_epoch": [round(a, 4) for a in accs]}
-
-    def select(self, model: nn.Module, masks: dict, holdout: ImageSet | None) -> tuple[float, dict]:
-        """The final threshold, chosen without test data."""
-        if self.selection == "threshold" or holdout is None:
-            return self.prune_threshold, {}
-        base = accuracy(model, holdout)
-        scores = {t: accuracy(prune_channels(model, masks, t)[0], holdout) for t in self.thresholds()}
-        ok = [t for t, acc in scores.items() if acc >= base - self.max_holdout_drop]
-        chosen = max(ok) if ok else min(scores)
-        return chosen, {
-            "holdout_images": len(holdout),
-            "holdout_acc_unpruned": round(base, 4),
-            "holdout_acc": {str(t): round(a, 4) for t, a in scores.items()},
-        }
-
-    def _curve_point(self, model: nn.Module, masks: dict, threshold: float) -> CurvePoint:
-        n = count_below(masks, threshold)
-        return CurvePoint(
-            params={"threshold": threshold, "pruned": n},
-            build=lambda: prune_channels(model, masks, threshold)[0],
-            key=n,  # thresholds are cumulative, so the count identifies the pruned set
-        )
-
-
-def split_holdout(images: ImageSet, fraction: float, gen: torch.Generator) -> tuple[ImageSet, ImageSet | None]:
-    """Split the defense data into the part the defense trains on and a held-out part for selection."""
-    n_hold = round(fraction * len(images))
-    if n_hold == 0:
-        return images, None
-    order = torch.randperm(len(images), device=images.x.device, generator=gen)
-    return images.subset(order[n_hold:]), images.subset(order[:n_hold])

@@ -1,0 +1,111 @@
+"""What mask-based pruning defenses (RNP, ANP) share: the threshold curve, the final choice made without
+test data, and the record of what was pruned. A subclass learns per-channel masks; this turns them into
+a defended model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from benchmark.datasets import ImageSet
+from benchmark.evaluate import accuracy
+from benchmark.validation import bounded
+from defenses.base import CurvePoint, Defense, DefenseOutput
+from defenses.masks import count_below, lowest_channels, prune_channels
+
+
+@dataclass
+class MaskPruningDefense(Defense):
+    """Pruning of the original model by learned masks: zero gamma where mask <= threshold.
+
+    The curve sweeps thresholds `sweep_start..sweep_stop` (cumulative). The final model: `threshold`
+    prunes at the fixed `prune_threshold`; `count` prunes the `prune_count` lowest masks; `holdout`
+    holds out `holdout_fraction` of the defense data from mask learning and takes the largest threshold
+    whose pruned model loses at most `max_holdout_drop` accuracy there.
+    """
+
+    sweep_start: float = bounded(0.0, 0.0, 1.0)
+    sweep_stop: float = bounded(0.9, 0.0, 1.0)
+    sweep_step: float = bounded(0.05, 1e-6, 1.0)
+    selection: Literal["threshold", "count", "holdout"] = "threshold"
+    prune_threshold: float = bounded(0.2, 0.0, 1.0)
+    prune_count: int = bounded(20, 0)
+    holdout_fraction: float = bounded(0.2, 0.0, 0.9)
+    max_holdout_drop: float = bounded(0.02, 0.0, 1.0)
+
+    def thresholds(self) -> list[float]:
+        n = round((self.sweep_stop - self.sweep_start) / self.sweep_step) + 1
+        return [round(self.sweep_start + i * self.sweep_step, 6) for i in range(max(n, 1))]
+
+    def split(self, images: ImageSet, gen: torch.Generator) -> tuple[ImageSet, ImageSet | None]:
+        """The data the masks are learned on, and the held-out part (only for `selection=holdout`)."""
+        return split_holdout(images, self.holdout_fraction if self.selection == "holdout" else 0.0, gen)
+
+    def finish(
+        self, model: nn.Module, masks: dict[str, Tensor], holdout: ImageSet | None, info: dict[str, Any]
+    ) -> DefenseOutput:
+        """Prune `model` by `masks` as `selection` says; record the curve and what was pruned."""
+        curve = [self._curve_point(model, masks, t) for t in self.thresholds()]
+        if self.selection == "count":
+            masks = keep_lowest(masks, self.prune_count)
+            threshold, rule_info = 0.0, {"prune_count": self.prune_count}
+        else:
+            threshold, rule_info = self._select(model, masks, holdout)
+        pruned, n_pruned = prune_channels(model, masks, threshold)
+        all_masks = torch.cat(list(masks.values()))
+        return DefenseOutput(
+            model=pruned,
+            info={
+                "rule": self.selection,
+                "selected_threshold": threshold if self.selection != "count" else None,
+                "pruned": n_pruned,
+                "total_channels": int(all_masks.numel()),
+                "pruned_channels": lowest_channels(masks, threshold),
+                "mask_quantiles": {q: round(float(all_masks.quantile(q)), 4) for q in (0.0, 0.01, 0.05, 0.5)},
+                "masks_below": {str(t): count_below(masks, t) for t in (0.0, 0.1, 0.2, 0.5)},
+                **info,
+                **rule_info,
+            },
+            curve=curve,
+        )
+
+    def _select(self, model: nn.Module, masks: dict[str, Tensor], holdout: ImageSet | None) -> tuple[float, dict]:
+        if self.selection == "threshold" or holdout is None:
+            return self.prune_threshold, {}
+        base = accuracy(model, holdout)
+        scores = {t: accuracy(prune_channels(model, masks, t)[0], holdout) for t in self.thresholds()}
+        ok = [t for t, acc in scores.items() if acc >= base - self.max_holdout_drop]
+        return max(ok) if ok else min(scores), {
+            "holdout_images": len(holdout),
+            "holdout_acc_unpruned": round(base, 4),
+            "holdout_acc": {str(t): round(a, 4) for t, a in scores.items()},
+        }
+
+    def _curve_point(self, model: nn.Module, masks: dict[str, Tensor], threshold: float) -> CurvePoint:
+        n = count_below(masks, threshold)
+        return CurvePoint(
+            params={"threshold": threshold, "pruned": n},
+            build=lambda: prune_channels(model, masks, threshold)[0],
+            key=n,  # thresholds are cumulative, so the count identifies the pruned set
+        )
+
+
+def keep_lowest(masks: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+    """Masks with the `k` lowest values set to 0 and all others to 1 (pruning by count; ties by order)."""
+    names = list(masks)
+    flat = torch.cat([masks[n] for n in names])
+    out = torch.ones_like(flat)
+    out[torch.argsort(flat, stable=True)[:k]] = 0.0
+    return dict(zip(names, out.split([len(masks[n]) for n in names]), strict=True))
+
+
+def split_holdout(images: ImageSet, fraction: float, gen: torch.Generator) -> tuple[ImageSet, ImageSet | None]:
+    """Split the defense data into the part the defense trains on and a held-out part for selection."""
+    n_hold = round(fraction * len(images))
+    if n_hold == 0:
+        return images, None
+    order = torch.randperm(len(images), device=images.x.device, generator=gen)
+    return images.subset(order[n_hold:]), images.subset(order[:n_hold])
