@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from benchmark.augment import AugmentSpec
+from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
+from benchmark.training import TrainHook, TrainRecipe
 from benchmark.validation import Checked, bounded
+
+
+@dataclass
+class AttackContext:
+    """What an attack may use before and while the backdoored model trains — never test data.
+
+    `clean_model()` trains (or loads from the model cache) a clean model of the cell's architecture on
+    the clean training split: TrojanNN, CL, FC and AWP start from one. `new_model()` builds an untrained
+    one. Both live on `device`.
+    """
+
+    train: ImageSet
+    num_classes: int
+    augment: AugmentSpec
+    recipe: TrainRecipe
+    device: torch.device
+    gen: torch.Generator
+    clean_model: Callable[[], nn.Module]
+    new_model: Callable[[], nn.Module]
 
 
 @dataclass
@@ -25,6 +48,11 @@ class Attack(Checked):
     poisoning code: `apply` (test time, deterministic), `apply_train` (poisoned training images) and
     `apply_cover` (a `cover_fraction()` of the training set, triggered but keeping their labels).
     Any randomness at poisoning time comes from the generator passed in.
+
+    Attacks that learn their trigger or start from a clean model use the life cycle of a trained
+    backdoored model: `prepare(ctx)` once before poisoning, `train_hook(ctx)` to join the training loop,
+    `adjust_recipe` to change the recipe, and `trigger_state`/`load_trigger_state` so that what they
+    learned is cached with the model (a cached model comes back with its trigger, without `prepare`).
     """
 
     target: int = bounded(0, lo=0)
@@ -48,6 +76,26 @@ class Attack(Checked):
     def apply_cover(self, x: Tensor, gen: torch.Generator) -> Tensor:
         """The trigger on cover samples (label kept); by default the training trigger."""
         return self.apply_train(x, gen)
+
+    def prepare(self, ctx: AttackContext) -> None:
+        """Learn or fit whatever the trigger needs, before the training set is poisoned (default: nothing)."""
+
+    def train_hook(self, ctx: AttackContext) -> TrainHook | None:
+        """A hook into the training loop for attacks trained jointly with the model (default: none)."""
+        return None
+
+    def adjust_recipe(self, recipe: TrainRecipe) -> TrainRecipe:
+        """The recipe the backdoored model trains with; attacks that fine-tune a clean model change it."""
+        return recipe
+
+    def trigger_state(self) -> dict[str, Tensor]:
+        """Tensors the trigger learned (saved with the cached model); empty for fixed triggers."""
+        return {}
+
+    def load_trigger_state(self, state: dict[str, Tensor]) -> None:
+        """Restore what `trigger_state` returned; a fixed-trigger attack accepts only an empty state."""
+        if state:
+            raise ConfigError(f"{type(self).__name__} has a fixed trigger but the cache holds {sorted(state)}")
 
     def target_labels(self, y: Tensor, num_classes: int) -> Tensor:
         """The label a triggered image of true class `y` should be classified as."""

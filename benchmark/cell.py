@@ -20,14 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from attacks.base import Attack
+from attacks.base import Attack, AttackContext
 from benchmark.archs import build_classifier
 from benchmark.augment import AugmentSpec
 from benchmark.datasets import DataSplits, ImageSet, load_dataset, make_splits
 from benchmark.errors import ConfigError
 from benchmark.evaluate import Metrics, der, evaluate
 from benchmark.loggers import LoggerConfig, make_logger
-from benchmark.model_cache import cache_key, load_or_train
+from benchmark.model_cache import TrainOutcome, cache_key, load_or_train
 from benchmark.poison import TriggeredSet, poison_train_split, triggered_test
 from benchmark.record import SCHEMA, versions, write_csv, write_result
 from benchmark.training import TrainRecipe, train_classifier
@@ -152,65 +152,139 @@ def timed(timing: dict[str, float], phase: str) -> Iterator[None]:
 
 @dataclass
 class CellData:
+    """The clean data of a cell; the poisoned training set is built only when a model must be trained."""
+
     splits: DataSplits
-    poisoned: ImageSet
-    poison_index: torch.Tensor
-    cover_index: torch.Tensor
-    triggered: TriggeredSet
     defense: ImageSet
 
 
 def prepare_data(parts: CellParts, root: Path, device: torch.device) -> CellData:
-    """Load the dataset, poison the training set, build the triggered test set and the defense data."""
+    """Load the dataset, split off the reserve and draw the defense data from it."""
     ds = parts.dataset
     train, test = load_dataset(ds.name, root, ds.download)
     splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     gen = torch.Generator().manual_seed(parts.seed)
-    poisoned = poison_train_split(splits.train, parts.attack, ds.num_classes, gen)
-    triggered = triggered_test(splits.test, parts.attack, ds.num_classes)
     defense = splits.reserve.subset(torch.randperm(len(splits.reserve), generator=gen)[: parts.defense_size])
     return CellData(
         splits=DataSplits(splits.train, splits.reserve, splits.test.to(device), ds.num_classes),
-        poisoned=poisoned.images.to(device),
-        poison_index=poisoned.index,
-        cover_index=poisoned.cover,
-        triggered=TriggeredSet(triggered.images.to(device), triggered.true_y.to(device)),
         defense=defense.to(device),
     )
 
 
-def model_cache_path(parts: CellParts, cache_dir: Path) -> Path:
+def _cache_parts(parts: CellParts) -> dict[str, Any]:
+    """Everything except the attack that determines a trained model."""
     ds = parts.dataset
+    return {
+        "dataset": {k: getattr(ds, k) for k in ("name", "reserve", "split_seed", "train_limit", "size")},
+        "augment": asdict(parts.augment),
+        "arch": asdict(parts.arch),
+        "train": asdict(parts.recipe),
+        "seed": parts.seed,
+    }
+
+
+def model_cache_path(parts: CellParts, cache_dir: Path) -> Path:
     key = cache_key(
-        {
-            "dataset": {k: getattr(ds, k) for k in ("name", "reserve", "split_seed", "train_limit", "size")},
-            "augment": asdict(parts.augment),
-            "arch": asdict(parts.arch),
-            "attack": {"class": type(parts.attack).__qualname__, **asdict(parts.attack)},
-            "train": asdict(parts.recipe),
-            "seed": parts.seed,
-        }
+        {**_cache_parts(parts), "attack": {"class": type(parts.attack).__qualname__, **asdict(parts.attack)}}
     )
     c = parts.cell
     return Path(cache_dir).expanduser() / f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}-{key}.pt"
 
 
+def clean_model_path(parts: CellParts, cache_dir: Path) -> Path:
+    key = cache_key({**_cache_parts(parts), "attack": None})
+    c = parts.cell
+    return Path(cache_dir).expanduser() / f"{c['dataset']}-{c['arch']}-clean-seed{c['seed']}-{key}.pt"
+
+
+def new_model(parts: CellParts, device: torch.device) -> nn.Module:
+    """An untrained model of the cell's architecture on `device`."""
+    ds = parts.dataset
+    model = build_classifier(parts.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **parts.arch.kwargs)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def _train_on(parts: CellParts, data: ImageSet, device: torch.device, desc: str, **kw: Any) -> Any:
+    """A training function for `load_or_train`: trains a model in place on `data` with the cell's recipe."""
+
+    def train(m: nn.Module) -> TrainOutcome:
+        gen = torch.Generator(device).manual_seed(parts.seed)
+        start = time.perf_counter()
+        history = train_classifier(m, data.to(device), parts.recipe, parts.augment, gen, desc=desc, **kw)
+        return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}, {}
+
+    return train
+
+
+def clean_model(parts: CellParts, data: CellData, cache_dir: Path, device: torch.device) -> nn.Module:
+    """A clean model trained on the clean training split (cached): the start of TrojanNN, CL, FC and AWP."""
+    meta = {"cell": {**{k: v for k, v in parts.cell.items() if k != "defense"}, "attack": "clean"}}
+    train = _train_on(parts, data.splits.train, device, "clean training")
+    model, source, _, _ = load_or_train(clean_model_path(parts, cache_dir), new_model(parts, device), train, meta)
+    log.info("clean model for %s: %s", parts.cell["attack"], source)
+    return model.to(device).eval()
+
+
+def train_backdoored(parts: CellParts, data: CellData, cache_dir: Path, device: torch.device) -> Any:
+    """The training function for the backdoored model: prepare the attack, poison, train, keep the trigger."""
+    attack, ds = parts.attack, parts.dataset
+
+    def train(m: nn.Module) -> TrainOutcome:
+        gen = torch.Generator().manual_seed(parts.seed)
+        ctx = AttackContext(
+            train=data.splits.train,
+            num_classes=ds.num_classes,
+            augment=parts.augment,
+            recipe=parts.recipe,
+            device=device,
+            gen=torch.Generator(device).manual_seed(parts.seed + 1),
+            clean_model=lambda: clean_model(parts, data, cache_dir, device),
+            new_model=lambda: new_model(parts, device),
+        )
+        start = time.perf_counter()
+        attack.prepare(ctx)
+        prepare_seconds = time.perf_counter() - start
+        poisoned = poison_train_split(data.splits.train, attack, ds.num_classes, gen)
+        log.info(
+            "poisoned training set: %d images, %d poisoned, %d cover",
+            len(poisoned.images),
+            len(poisoned.index),
+            len(poisoned.cover),
+        )
+        start = time.perf_counter()
+        train_gen = torch.Generator(device).manual_seed(parts.seed)
+        history = train_classifier(
+            m,
+            poisoned.images.to(device),
+            attack.adjust_recipe(parts.recipe),
+            parts.augment,
+            train_gen,
+            hook=attack.train_hook(ctx),
+            desc="backdoor training",
+        )
+        meta = {
+            "train_history": history,
+            "train_seconds": round(time.perf_counter() - start, 3),
+            "attack_prepare_seconds": round(prepare_seconds, 3),
+            "poisoned": len(poisoned.index),
+            "cover": len(poisoned.cover),
+        }
+        return meta, attack.trigger_state()
+
+    return train
+
+
 def obtain_model(
     parts: CellParts, data: CellData, cache_dir: Path, device: torch.device
 ) -> tuple[nn.Module, str, dict]:
-    """The backdoored model: from the cache when this exact configuration was trained before, else trained."""
-    ds = parts.dataset
-    model = build_classifier(parts.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **parts.arch.kwargs)
-    model.to(device, memory_format=torch.channels_last)
-
-    def train(m: nn.Module) -> dict[str, Any]:
-        gen = torch.Generator(device).manual_seed(parts.seed)
-        start = time.perf_counter()
-        history = train_classifier(m, data.poisoned, parts.recipe, parts.augment, gen, desc="backdoor training")
-        return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}
-
+    """The backdoored model, with the attack's trigger state restored: from the cache, else trained."""
     meta = {"cell": {k: v for k, v in parts.cell.items() if k != "defense"}}
-    model, source, meta = load_or_train(model_cache_path(parts, cache_dir), model, train, meta)
+    train = train_backdoored(parts, data, cache_dir, device)
+    model, source, meta, trigger = load_or_train(
+        model_cache_path(parts, cache_dir), new_model(parts, device), train, meta
+    )
+    if source == "cache":
+        parts.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
     return model.to(device), source, meta
 
 
@@ -240,27 +314,27 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
     with timed(timing, "data"):
         data = prepare_data(parts, Path(cfg.paths.data), device)
     log.info(
-        "data: %d train (%d poisoned, %d cover), %d reserve, %d test, %d triggered test, %d defense images",
-        len(data.poisoned),
-        len(data.poison_index),
-        len(data.cover_index),
+        "data: %d train, %d reserve, %d test, %d defense images",
+        len(data.splits.train),
         len(data.splits.reserve),
         len(data.splits.test),
-        len(data.triggered.images),
         len(data.defense),
     )
     with timed(timing, "model"):
         model, source, meta = obtain_model(parts, data, Path(cfg.paths.cache), device)
+    with timed(timing, "data"):
+        triggered = triggered_test(data.splits.test, parts.attack, parts.dataset.num_classes)
+    log.info("triggered test set: %d images", len(triggered.images))
     with timed(timing, "evaluate"):
-        before = evaluate(model, data.splits.test, data.triggered, parts.eval_batch)
+        before = evaluate(model, data.splits.test, triggered, parts.eval_batch)
     log.info("before: %s", _fmt(before))
     gen = torch.Generator(device).manual_seed(parts.seed)
     with timed(timing, "defense"):
         out = parts.defense(model, DefenseData(data.defense, parts.augment, parts.dataset.num_classes), gen)
     with timed(timing, "evaluate"):
-        after = evaluate(out.model, data.splits.test, data.triggered, parts.eval_batch)
+        after = evaluate(out.model, data.splits.test, triggered, parts.eval_batch)
     with timed(timing, "curve"):
-        curve_rows = evaluate_curve(out.curve, data.splits.test, data.triggered, parts.eval_batch)
+        curve_rows = evaluate_curve(out.curve, data.splits.test, triggered, parts.eval_batch)
     log.info("after:  %s", _fmt(after))
     timing["total"] = round(time.perf_counter() - start, 3)
     result = {
@@ -274,7 +348,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         "timing_s": timing,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
-        "model_meta": {"train_seconds": meta.get("train_seconds")},
+        "model_meta": {k: meta.get(k) for k in ("train_seconds", "attack_prepare_seconds", "poisoned", "cover")},
     }
     write_result(run_dir, result)
     write_csv(run_dir / "curve.csv", curve_rows)

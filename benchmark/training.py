@@ -25,7 +25,28 @@ from benchmark.validation import Checked, bounded
 
 log = logging.getLogger(__name__)
 
-BatchHook = Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor]]
+
+class TrainHook:
+    """Lets an attack take part in training without a loop of its own.
+
+    `start` runs before the first step (e.g. load a clean model's weights), `batch` may rewrite each
+    batch (float images in [0, 1], labels) — a trigger generator trained jointly can keep its autograd
+    graph here, since the loss's backward reaches it — and `after_step` runs after each optimiser step
+    (step the generator's optimiser, project weights).
+    """
+
+    def start(self, model: nn.Module) -> None:
+        """Before the first optimiser step."""
+
+    def batch(self, x: Tensor, y: Tensor, step: int) -> tuple[Tensor, Tensor]:
+        """The batch the model trains on at `step`."""
+        return x, y
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        """After the optimiser step `step`."""
+
+    def end(self, model: nn.Module) -> None:
+        """After the last epoch."""
 
 
 @dataclass
@@ -95,15 +116,17 @@ def train_classifier(
     recipe: TrainRecipe,
     augment: AugmentSpec,
     gen: torch.Generator,
-    batch_hook: BatchHook | None = None,
+    hook: TrainHook | None = None,
     desc: str = "train",
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data` (on the model's device); returns per-epoch loss and accuracy.
 
-    `batch_hook(x, y, step)` lets an attack that learns its trigger rewrite each batch; the loop
-    itself stays the only place that trains.
+    `hook` lets an attack that learns its trigger take part (see `TrainHook`); the loop itself stays
+    the only place that trains.
     """
     device = data.x.device
+    hook = hook or TrainHook()
+    hook.start(model)
     opt = torch.optim.SGD(
         model.parameters(),
         lr=recipe.lr,
@@ -121,8 +144,7 @@ def train_classifier(
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
         for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=True):
-            if batch_hook is not None:
-                x, y = batch_hook(x, y, step)
+            x, y = hook.batch(x, y, step)
             with autocast(device):
                 logits = model(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
@@ -130,6 +152,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
+            hook.after_step(model, step)
             step += 1
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
@@ -138,4 +161,5 @@ def train_classifier(
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_acc']:.3f}")
         log.debug("epoch %d loss %.4f train acc %.4f", epoch + 1, row["loss"], row["train_acc"])
+    hook.end(model)
     return history

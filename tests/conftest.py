@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
 
 from attacks.badnets import BadNets
+from attacks.base import Attack, AttackContext
 from benchmark.archs import build_classifier
 from benchmark.augment import AugmentSpec
 from benchmark.cli import CONF_DIR
@@ -72,3 +74,43 @@ def backdoored(embedded):
     before = evaluate(model, embedded.test, triggered)
     assert before.asr > 0.9 and before.clean_acc > 0.6, before
     return model, triggered, before
+
+
+@functools.cache
+def attack_context(channels: int = 3, size: int = 32) -> AttackContext:
+    """A tiny context for attacks that prepare themselves (learned triggers, clean-model attacks).
+
+    Embedded images resized to `size` and repeated to `channels`; the "clean model" is a width-8
+    convnet trained for one epoch on 1,000 of them (about a second), built once per shape.
+    """
+    train, _ = load_dataset("embedded", Path("/nonexistent"), False)
+    x = train.x[:1000].float()
+    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    data = type(train)(x.round().clamp(0, 255).to(torch.uint8).repeat(1, channels, 1, 1), train.y[:1000])
+    recipe = TrainRecipe(epochs=1, batch_size=100, lr=0.05, warmup_epochs=0.0)
+    augment = AugmentSpec(crop_pad=2, flip=False)
+
+    def new_model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_classifier("convnet", 10, channels, [0.3] * channels, [0.35] * channels, width=8)
+
+    clean = new_model()
+    train_classifier(clean, data, recipe, augment, torch.Generator().manual_seed(0))
+    clean.eval()
+    return AttackContext(
+        train=data,
+        num_classes=10,
+        augment=augment,
+        recipe=recipe,
+        device=torch.device("cpu"),
+        gen=torch.Generator().manual_seed(0),
+        clean_model=lambda: clean,
+        new_model=new_model,
+    )
+
+
+def prepared(attack: Attack, channels: int = 3, size: int = 32) -> Attack:
+    """`attack` after `prepare` on a tiny context of this image shape (a no-op for fixed triggers)."""
+    if type(attack).prepare is not Attack.prepare:
+        attack.prepare(attack_context(channels, size))
+    return attack

@@ -11,13 +11,14 @@ from benchmark.cell import build_parts
 from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
 from benchmark.poison import choose_poison, poison_train, poison_train_split, triggered_test
-from tests.conftest import compose_cfg, group_options
+from tests.conftest import compose_cfg, group_options, prepared
 
 ATTACKS = group_options("attack")
 
 
-def make_attack(name: str, *overrides: str) -> Attack:
-    return build_parts(compose_cfg([f"attack={name}", "dataset=embedded", *overrides])).attack
+def make_attack(name: str, *overrides: str, channels: int = 3, size: int = 32) -> Attack:
+    """The attack as configured, prepared (if it learns anything) for images of this shape."""
+    return prepared(build_parts(compose_cfg([f"attack={name}", "dataset=embedded", *overrides])).attack, channels, size)
 
 
 def images(n: int = 64, c: int = 3, size: int = 32, seed: int = 0) -> ImageSet:
@@ -30,7 +31,7 @@ def images(n: int = 64, c: int = 3, size: int = 32, seed: int = 0) -> ImageSet:
 @pytest.mark.parametrize("c,size", [(1, 28), (3, 32), (3, 64)])
 def test_trigger_keeps_shape_dtype_and_device(name: str, c: int, size: int, tmp_home) -> None:
     x = images(8, c, size).x
-    out = make_attack(name).apply(x)
+    out = make_attack(name, channels=c, size=size).apply(x)
     assert out.shape == x.shape and out.dtype == torch.uint8 and out.device == x.device
     assert not torch.equal(out, x)
 
