@@ -118,11 +118,13 @@ def train_classifier(
     gen: torch.Generator,
     hook: TrainHook | None = None,
     desc: str = "train",
+    drop_last: bool = True,
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data` (on the model's device); returns per-epoch loss and accuracy.
 
     `hook` lets an attack that learns its trigger take part (see `TrainHook`); the loop itself stays
-    the only place that trains.
+    the only place that trains. `drop_last=False` keeps the last partial batch: defenses that fine-tune
+    on a few hundred images would otherwise skip a large share of them every epoch.
     """
     device = data.x.device
     hook = hook or TrainHook()
@@ -134,7 +136,7 @@ def train_classifier(
         nesterov=recipe.nesterov and recipe.momentum > 0,
         weight_decay=recipe.weight_decay,
     )
-    steps_per_epoch = max(1, len(data) // recipe.batch_size)
+    steps_per_epoch = max(1, len(data) // recipe.batch_size if drop_last else math.ceil(len(data) / recipe.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe, steps_per_epoch))
     history, step = [], 0
     bar = tqdm(range(recipe.epochs), desc=desc, disable=None, leave=False)
@@ -143,7 +145,7 @@ def train_classifier(
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         seen = 0
-        for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=True):
+        for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=drop_last):
             x, y = hook.batch(x, y, step)
             with autocast(device):
                 logits = model(x)

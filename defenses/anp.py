@@ -1,0 +1,135 @@
+"""ANP — Adversarial Neuron Pruning (Wu & Wang, "Adversarial Neuron Pruning Purifies Backdoored Deep
+Models", NeurIPS 2021).
+
+Per BN channel a mask m in [0, 1] and two noises: the perturbed forward uses gamma * (m + delta) and
+beta * (1 + xi). Each iteration draws the noises uniformly in [-eps, eps], takes `steps` sign-gradient
+ascent steps on them, then updates the masks on alpha * CE(clean forward) + (1 - alpha) * CE(perturbed
+forward) and clamps them to [0, 1]. Channels that the adversarial noise can most easily turn into a
+backdoor shortcut end with small masks and are pruned (gamma zeroed) on the original model.
+
+Defaults follow the authors' code (see conf/defense/anp.yaml). As there, the noise is not projected back
+into [-eps, eps] after its ascent step (`project_noise: true` does project it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from benchmark.datasets import ImageSet
+from benchmark.training import autocast, epoch_batches
+from benchmark.validation import bounded
+from defenses.base import DefenseData, DefenseOutput
+from defenses.mask_pruning import MaskPruningDefense
+from defenses.masks import MaskedBatchNorm2d, mask_layers, mask_values, with_masked_norm
+
+
+@dataclass
+class ANP(MaskPruningDefense):
+    batch_size: int = bounded(128, 1)
+    iterations: int = bounded(2000, 1)
+    eps: float = bounded(0.4, 0.0)
+    steps: int = bounded(1, 1)
+    alpha: float = bounded(0.2, 0.0, 1.0)
+    mask_lr: float = bounded(0.2, 0.0)
+    mask_momentum: float = bounded(0.9, 0.0, 1.0)
+    project_noise: bool = False
+
+    def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
+        fit, holdout = self.split(data.images, gen)
+        masks, info = self.optimize_masks(model, DefenseData(fit, data.augment, data.num_classes), gen)
+        return self.finish(model, masks, holdout, info)
+
+    def optimize_masks(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[dict, dict]:
+        """Learn the masks against adversarial neuron noise; weights stay frozen, model in train mode."""
+        net = with_masked_norm(model)
+        layers = list(mask_layers(net).values())
+        masks = [m.neuron_mask for m in layers]
+        noises = [p for m in layers for p in (m.neuron_noise, m.neuron_noise_bias)]
+        for p in net.parameters():
+            p.requires_grad_(False)
+        for p in masks + noises:
+            p.requires_grad_(True)
+        mask_opt = torch.optim.SGD(masks, lr=self.mask_lr, momentum=self.mask_momentum)
+        noise_opt = torch.optim.SGD(noises, lr=self.eps / self.steps)
+        net.train()
+        batches = endless_batches(data.images, self.batch_size, data, gen)
+        nat_sum = rob_sum = torch.zeros((), device=data.device)
+        for _ in tqdm(range(self.iterations), desc="anp masks", disable=None, leave=False):
+            x, y = next(batches)
+            if self.eps > 0:
+                self._perturb(net, layers, noises, noise_opt, x, y, gen)
+            loss_nat, loss_rob = self._mask_losses(net, layers, x, y)
+            loss = self.alpha * loss_nat + (1 - self.alpha) * loss_rob
+            mask_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            mask_opt.step()
+            with torch.no_grad():
+                for m in masks:
+                    m.clamp_(0.0, 1.0)
+            nat_sum = nat_sum + loss_nat.detach()
+            rob_sum = rob_sum + loss_rob.detach()
+        info = {
+            "iterations": self.iterations,
+            "mean_clean_loss": round(nat_sum.item() / self.iterations, 4),
+            "mean_perturbed_loss": round(rob_sum.item() / self.iterations, 4),
+        }
+        return mask_values(net), info
+
+    def _perturb(
+        self,
+        net: nn.Module,
+        layers: list[MaskedBatchNorm2d],
+        noises: list[Tensor],
+        opt: torch.optim.Optimizer,
+        x: Tensor,
+        y: Tensor,
+        gen: torch.Generator,
+    ) -> None:
+        """Random start in [-eps, eps], then `steps` sign-gradient steps that increase the clean loss."""
+        with torch.no_grad():
+            for p in noises:
+                p.copy_(torch.rand(p.shape, device=p.device, generator=gen) * 2 * self.eps - self.eps)
+        _set_perturbed(layers, True)
+        for _ in range(self.steps):
+            with autocast(x.device):
+                loss = -F.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for p in noises:
+                p.grad = torch.sign(p.grad)
+            opt.step()
+            if self.project_noise:
+                with torch.no_grad():
+                    for p in noises:
+                        p.clamp_(-self.eps, self.eps)
+
+    def _mask_losses(
+        self, net: nn.Module, layers: list[MaskedBatchNorm2d], x: Tensor, y: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """CE of the clean forward, and of the perturbed one (zero when eps == 0)."""
+        loss_rob = torch.zeros((), device=x.device)
+        if self.eps > 0 and self.alpha < 1:
+            _set_perturbed(layers, True)
+            with autocast(x.device):
+                loss_rob = F.cross_entropy(net(x), y)
+        _set_perturbed(layers, False)
+        with autocast(x.device):
+            loss_nat = F.cross_entropy(net(x), y)
+        return loss_nat, loss_rob
+
+
+def _set_perturbed(layers: list[MaskedBatchNorm2d], on: bool) -> None:
+    for m in layers:
+        m.perturbed = on
+
+
+def endless_batches(images: ImageSet, batch_size: int, data: DefenseData, gen: torch.Generator) -> Iterator:
+    """Augmented batches, epoch after epoch, for an iteration-counted loop."""
+    while True:
+        yield from epoch_batches(images, batch_size, data.augment, gen)
