@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
-from benchmark.evaluate import accuracy
 from benchmark.training import TrainHook, to_input
 from benchmark.validation import bounded
 from defenses.base import CurvePoint, DefenseData, DefenseOutput
@@ -62,13 +62,19 @@ class FinePruning(FineTuning):
         curve = [self._curve_point(model, order, f) for f in self.curve_fractions()]
         return DefenseOutput(model=pruned.eval(), info=info, curve=curve)
 
-    def prune_count(self, model: nn.Module, order: Tensor, holdout: Any) -> tuple[int, dict[str, float]]:
-        """Prune more and more dormant channels while held-out accuracy stays within the allowed drop."""
+    def prune_count(self, model: nn.Module, order: Tensor, holdout: ImageSet) -> tuple[int, dict[str, float]]:
+        """Prune more and more dormant channels while held-out accuracy stays within the allowed drop.
+
+        Pruning only changes the final Linear's input, so the held-out features are computed once and
+        each candidate's accuracy is a masked matrix product.
+        """
+        head = last_linear(model)
+        feats = features(model, head, holdout.x)
         step = max(1, math.ceil(self.prune_step * len(order)))
-        base = accuracy(model, holdout)
+        base = head_accuracy(head, feats, holdout.y, order[:0])
         steps, chosen = {"0": round(base, 4)}, 0
         for n in range(step, len(order), step):
-            acc = accuracy(prune_features(model, order[:n]), holdout)
+            acc = head_accuracy(head, feats, holdout.y, order[:n])
             steps[str(n)] = round(acc, 4)
             if base - acc > self.max_acc_drop * base:
                 break
@@ -101,19 +107,31 @@ def head_name(model: nn.Module, head: nn.Module) -> str:
 
 
 @torch.inference_mode()
-def mean_features(model: nn.Module, head: nn.Linear, x: Tensor, batch_size: int = 512) -> Tensor:
-    """Mean input of `head` over the images `x` (uint8): each last-layer channel's mean activation."""
-    total = torch.zeros(head.in_features, device=x.device)
+def features(model: nn.Module, head: nn.Linear, x: Tensor, batch_size: int = 512) -> Tensor:
+    """The input of `head` for each image of `x` (uint8), in eval mode: (N, in_features)."""
     captured: list[Tensor] = []
-    handle = head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].float().sum(0)))
+    handle = head.register_forward_hook(lambda _m, inp, _out: captured.append(inp[0].float()))
     model.eval()
     try:
         for i in range(0, len(x), batch_size):
             model(to_input(x[i : i + batch_size]))
-            total += captured.pop()
     finally:
         handle.remove()
-    return total / len(x)
+    return torch.cat(captured)
+
+
+def mean_features(model: nn.Module, head: nn.Linear, x: Tensor, batch_size: int = 512) -> Tensor:
+    """Each last-layer channel's mean activation over the images `x`."""
+    return features(model, head, x, batch_size).mean(0)
+
+
+@torch.inference_mode()
+def head_accuracy(head: nn.Linear, feats: Tensor, y: Tensor, pruned: Tensor) -> float:
+    """Accuracy of the classifier whose final Linear ignores the `pruned` input channels."""
+    weight = head.weight.float().clone()
+    weight[:, pruned] = 0
+    logits = feats @ weight.T + (head.bias.float() if head.bias is not None else 0)
+    return (logits.argmax(1) == y).float().mean().item()
 
 
 def prune_features(model: nn.Module, channels: Tensor) -> nn.Module:

@@ -10,8 +10,10 @@ import copy
 import pytest
 import torch
 
+from benchmark.archs import build_classifier
 from benchmark.augment import AugmentSpec
 from benchmark.cell import build_parts
+from benchmark.datasets import ImageSet
 from benchmark.evaluate import evaluate
 from defenses.base import DefenseData
 from defenses.masks import MaskedBatchNorm2d, mask_layers, prune_channels, with_masked_norm
@@ -85,3 +87,32 @@ def test_rnp_records_its_curve_and_chooses_without_test_data(backdoored, embedde
     assert info["selected_threshold"] in [p.params["threshold"] for p in out.curve]
     assert info["pruned"] == len(info["pruned_channels"])
     assert info["unlearn"]["epochs"] >= 1 and len(info["recover"]["acc_per_epoch"]) == 5
+
+
+# The cheapest run of each defense: enough to reach every code path, not to remove a backdoor.
+MINIMAL: dict[str, list[str]] = {
+    "rnp": ["defense.unlearn_epochs=1", "defense.recover_epochs=1"],
+    "anp": ["defense.iterations=2"],
+    "ft": ["defense.epochs=1"],
+    "fp": ["defense.epochs=1"],
+    "nad": ["defense.teacher_epochs=1", "defense.epochs=1"],
+    "ibau": ["defense.n_rounds=1", "defense.K=1"],
+}
+FAST_ARCHS = {"convnet"}  # the others (11M-parameter nets, 10-100 s each on 2 cores) run in the slow suite
+
+
+@pytest.mark.parametrize(
+    "arch",
+    [a if a in FAST_ARCHS else pytest.param(a, marks=pytest.mark.slow) for a in group_options("arch")],
+)
+@pytest.mark.parametrize("name", DEFENSES)
+def test_every_defense_runs_on_every_arch(name: str, arch: str, tmp_home) -> None:
+    """Mask defenses swap their norm layer into any architecture; the rest are architecture-agnostic."""
+    parts = build_parts(compose_cfg([f"defense={name}", f"arch={arch}", "dataset=cifar10", *MINIMAL.get(name, [])]))
+    model = build_classifier(arch, 10, 3, [0.5] * 3, [0.25] * 3, **parts.arch.kwargs)
+    gen = torch.Generator().manual_seed(0)
+    data = ImageSet(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.arange(40) % 10)
+    out = parts.defense(model, DefenseData(data, AugmentSpec(crop_pad=2), 10), gen)
+    assert out.model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    for point in out.curve[:2]:
+        assert point.build()(torch.rand(2, 3, 32, 32)).shape == (2, 10)

@@ -8,9 +8,10 @@ from torch import nn
 
 from benchmark.archs import to_input
 from benchmark.augment import AugmentSpec
+from benchmark.evaluate import accuracy
 from defenses.anp import ANP
 from defenses.base import DefenseData
-from defenses.fp import FinePruning, last_linear, mean_features
+from defenses.fp import FinePruning, features, head_accuracy, last_linear, mean_features, prune_features
 from defenses.masks import mask_layers, with_masked_norm
 
 
@@ -29,6 +30,14 @@ def test_fp_mean_features_are_the_pooled_last_layer_activations(backdoored, embe
     handle.remove()
     assert torch.allclose(mean_features(model, head, x, batch_size=16), seen[0].mean(0), atol=1e-5)
     assert (seen[0] >= 0).all()  # after ReLU: "dormant" means near zero
+
+
+def test_fp_holdout_accuracy_from_features_matches_the_pruned_model(backdoored, embedded) -> None:
+    model = backdoored[0]
+    head, held = last_linear(model), embedded.reserve.subset(torch.arange(300))
+    channels = torch.tensor([0, 3, 5, 9, 17])
+    direct = accuracy(prune_features(model, channels), held)
+    assert head_accuracy(head, features(model, head, held.x), held.y, channels) == pytest.approx(direct, abs=1e-6)
 
 
 def test_fp_prunes_dormant_channels_within_the_holdout_bound_and_keeps_them_pruned(backdoored, embedded) -> None:
