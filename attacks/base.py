@@ -60,6 +60,10 @@ class Attack(Checked):
     label_mode: Literal["all2one", "all2all"] = "all2one"
 
     clean_label: ClassVar[bool] = False
+    # True for attacks whose training hook triggers a share of every batch itself (Input-aware, LIRA):
+    # the training set then stays clean (`benchmark.poison.poison_for_training`), and `poison_rate` is that
+    # per-batch share. `poison_train_split` still poisons statically with `apply_train` (e.g. to export a set).
+    poisons_in_hook: ClassVar[bool] = False
 
     def apply(self, x: Tensor) -> Tensor:
         """Stamp the test-time trigger: (N, C, H, W) uint8 -> (N, C, H, W) uint8, same device."""

@@ -26,12 +26,14 @@ from benchmark.augment import AugmentSpec
 from benchmark.datasets import DataSplits, ImageSet, load_dataset, make_splits
 from benchmark.errors import ConfigError
 from benchmark.evaluate import Metrics, der, evaluate
+from benchmark.fetch import sha256_file
 from benchmark.loggers import LoggerConfig, make_logger
 from benchmark.model_cache import TrainOutcome, cache_key, load_or_train
-from benchmark.poison import TriggeredSet, poison_train_split, triggered_test
+from benchmark.poison import TriggeredSet, poison_for_training, triggered_test
 from benchmark.record import SCHEMA, versions, write_csv, write_result
-from benchmark.training import TrainRecipe, train_classifier
+from benchmark.training import RUNTIME_FIELDS, TrainRecipe, train_classifier
 from benchmark.validation import Checked, bounded
+from benchmark.zoo import ModelSource, model_from_zoo
 from defenses.base import CurvePoint, Defense, DefenseData
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,7 @@ class CellParts:
     defense_size: int
     eval_batch: int
     cell: dict[str, Any]
+    model: ModelSource = field(default_factory=ModelSource)
 
 
 def _build(node: DictConfig, base: type) -> Any:
@@ -133,6 +136,7 @@ def build_parts(cfg: DictConfig) -> CellParts:
             "defense": cfg.defense.name,
             "seed": seed,
         },
+        model=ModelSource(**_plain(cfg.model)) if "model" in cfg else ModelSource(),
     )
     from benchmark.archs import arch_names
 
@@ -178,7 +182,7 @@ def _cache_parts(parts: CellParts) -> dict[str, Any]:
         "dataset": {k: getattr(ds, k) for k in ("name", "reserve", "split_seed", "train_limit", "size")},
         "augment": asdict(parts.augment),
         "arch": asdict(parts.arch),
-        "train": asdict(parts.recipe),
+        "train": {k: v for k, v in asdict(parts.recipe).items() if k not in RUNTIME_FIELDS},
         "seed": parts.seed,
     }
 
@@ -244,7 +248,7 @@ def train_backdoored(parts: CellParts, data: CellData, cache_dir: Path, device: 
         start = time.perf_counter()
         attack.prepare(ctx)
         prepare_seconds = time.perf_counter() - start
-        poisoned = poison_train_split(data.splits.train, attack, ds.num_classes, gen)
+        poisoned = poison_for_training(data.splits.train, attack, ds.num_classes, gen)
         log.info(
             "poisoned training set: %d images, %d poisoned, %d cover",
             len(poisoned.images),
@@ -261,6 +265,7 @@ def train_backdoored(parts: CellParts, data: CellData, cache_dir: Path, device: 
             train_gen,
             hook=attack.train_hook(ctx),
             desc="backdoor training",
+            monitor=lambda model: _test_metrics(model, parts, data),
         )
         meta = {
             "train_history": history,
@@ -274,10 +279,20 @@ def train_backdoored(parts: CellParts, data: CellData, cache_dir: Path, device: 
     return train
 
 
+def _test_metrics(model: nn.Module, parts: CellParts, data: CellData) -> dict[str, float]:
+    """Test metrics of the model in training, for its history only (`train.eval_every`, off by default)."""
+    triggered = triggered_test(data.splits.test, parts.attack, parts.dataset.num_classes)
+    metrics = evaluate(model, data.splits.test, triggered, parts.eval_batch)
+    return {f"test_{k}": v for k, v in metrics.as_dict().items()}
+
+
 def obtain_model(
     parts: CellParts, data: CellData, cache_dir: Path, device: torch.device
 ) -> tuple[nn.Module, str, dict]:
-    """The backdoored model, with the attack's trigger state restored: from the cache, else trained."""
+    """The backdoored model, with the attack's trigger state restored: from the zoo, the cache, else trained."""
+    zoo = model_from_zoo(parts.model, parts, lambda: new_model(parts, device))
+    if zoo is not None:
+        return zoo.model.to(device), "zoo", zoo.meta
     meta = {"cell": {k: v for k, v in parts.cell.items() if k != "defense"}}
     train = train_backdoored(parts, data, cache_dir, device)
     model, source, meta, trigger = load_or_train(
@@ -285,7 +300,7 @@ def obtain_model(
     )
     if source == "cache":
         parts.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
-    return model.to(device), source, meta
+    return model.to(device), source, {**meta, "sha256": sha256_file(model_cache_path(parts, cache_dir))}
 
 
 def evaluate_curve(
@@ -341,6 +356,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         "schema": SCHEMA,
         "cell": c,
         "model_source": source,
+        "model_sha256": meta.get("sha256"),
         "before": before.as_dict(),
         "after": after.as_dict(),
         "der": der(before, after),
@@ -348,7 +364,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         "timing_s": timing,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
-        "model_meta": {k: meta.get(k) for k in ("train_seconds", "attack_prepare_seconds", "poisoned", "cover")},
+        "model_meta": {k: meta.get(k) for k in ("train_seconds", "attack_prepare_seconds", "poisoned", "cover", "zoo")},
     }
     write_result(run_dir, result)
     write_csv(run_dir / "curve.csv", curve_rows)

@@ -51,17 +51,20 @@ def setup_runtime(seed: int, device_name: str, threads: int | None = None) -> to
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from benchmark.cell import run_cell  # imported late so `--help` and bad overrides answer fast
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:  # resume, failed.json instead of an abort, one GPU per job
+        from benchmark.sweep import run_sweep_cell
+
+        run_sweep_cell(cfg, run_dir, hc.job.num, Path(hc.sweep.dir))
+        return
+    from benchmark.cell import run_cell  # imported late so `--help` and bad overrides answer fast
+
     try:
         device = setup_runtime(cfg.seed if isinstance(cfg.seed, int) else 0, cfg.device, cfg.get("threads"))
         run_cell(cfg, run_dir, device)
     except BenchmarkError as exc:
         log.error("%s", exc)
-        if hc.mode == RunMode.MULTIRUN:
-            raise
         sys.exit(2)
 
 

@@ -252,3 +252,11 @@ def _resize_pil_dataset(dataset: torch.utils.data.Dataset, size: int) -> ImageSe
         images.append(torch.from_numpy(arr).permute(2, 0, 1))
         labels.append(int(label))
     return ImageSet(torch.stack(images), torch.tensor(labels))
+
+
+@register_loader("imagenet12")
+def load_imagenet12(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
+    """RNP's ImageNet-12 subset at 224x224: fetched, extracted safely, decoded once (benchmark/imagenet12.py)."""
+    from benchmark.imagenet12 import load
+
+    return load(root, download)

@@ -36,3 +36,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic_write(path, lambda f: torch.save(obj, f), "wb")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data), "wb")

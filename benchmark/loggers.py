@@ -36,14 +36,6 @@ class WandbLogger:
     def __init__(self, cfg: LoggerConfig, run_dir: Path, name: str, config: dict[str, Any], job_type: str) -> None:
         import wandb
 
-        mode = cfg.mode
-        if mode == "auto":
-            mode = "online" if _has_wandb_key() else "offline"
-            if mode == "offline":
-                log.info(
-                    "wandb: no API key found, logging offline under %s (sync later with `wandb sync`)",
-                    run_dir,
-                )
         self._wandb = wandb
         self.run = wandb.init(
             project=cfg.project,
@@ -53,7 +45,7 @@ class WandbLogger:
             job_type=job_type,
             config=config,
             dir=str(run_dir),
-            mode=mode,
+            mode=wandb_mode(cfg, run_dir),
             reinit="finish_previous",
         )
 
@@ -71,6 +63,18 @@ class WandbLogger:
 
     def finish(self) -> None:
         self.run.finish()
+
+
+def wandb_mode(cfg: LoggerConfig, run_dir: Path) -> str:
+    """`auto`: online with an API key, else offline (files under `run_dir`, uploadable with `wandb sync`)."""
+    if cfg.mode != "auto":
+        return cfg.mode
+    if os.environ.get("WANDB_MODE"):  # the user's environment decides (e.g. WANDB_MODE=offline on a cluster)
+        return os.environ["WANDB_MODE"]
+    if _has_wandb_key():
+        return "online"
+    log.info("wandb: no API key found, logging offline under %s (sync later with `wandb sync`)", run_dir)
+    return "offline"
 
 
 def _has_wandb_key() -> bool:

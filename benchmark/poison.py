@@ -101,6 +101,15 @@ def poison_train_split(train: ImageSet, attack: Attack, num_classes: int, gen: t
     return PoisonedTrain(ImageSet(x, y), index, cover)
 
 
+def poison_for_training(train: ImageSet, attack: Attack, num_classes: int, gen: torch.Generator) -> PoisonedTrain:
+    """What the backdoored model trains on: the shared poisoning, or the clean set (nothing poisoned, no
+    draw from `gen`) when the attack's training hook triggers a share of every batch itself."""
+    if attack.poisons_in_hook:
+        none = torch.zeros(0, dtype=torch.long)
+        return PoisonedTrain(train, none, none)
+    return poison_train_split(train, attack, num_classes, gen)
+
+
 def poison_train(train: ImageSet, attack: Attack, num_classes: int, gen: torch.Generator) -> tuple[ImageSet, Tensor]:
     """The poisoned training set and the indices that carry the backdoor (cover samples not included)."""
     out = poison_train_split(train, attack, num_classes, gen)

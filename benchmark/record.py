@@ -69,3 +69,37 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
+
+
+RESULT_KEYS = ("schema", "cell", "model_source", "before", "after", "der", "defense_info", "timing_s", "config")
+CELL_KEYS = ("attack", "dataset", "arch", "defense", "seed")
+METRIC_KEYS = ("clean_acc", "asr", "robust_acc")
+
+
+def result_problems(result: Any) -> list[str]:
+    """What keeps `result` from being a complete schema-1 result.json (empty when it is one).
+
+    Resume trusts a cell only when this is empty, and the report lists any other file as invalid.
+    """
+    if not isinstance(result, dict):
+        return [f"expected a JSON object, got {type(result).__name__}"]
+    problems = [f"missing key {k!r}" for k in RESULT_KEYS if k not in result]
+    if result.get("schema") != SCHEMA:
+        problems.append(f"schema={result.get('schema')!r}, expected {SCHEMA}")
+    cell = result.get("cell")
+    if not isinstance(cell, dict) or any(k not in cell for k in CELL_KEYS):
+        problems.append(f"cell needs {', '.join(CELL_KEYS)}")
+    for phase in ("before", "after"):
+        metrics = result.get(phase)
+        if not isinstance(metrics, dict):
+            problems.append(f"{phase} is not an object")
+            continue
+        for k in METRIC_KEYS:
+            v = metrics.get(k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+                problems.append(f"{phase}.{k}={v!r} is not a fraction in [0, 1]")
+    if not isinstance(result.get("timing_s"), dict) or "total" not in result["timing_s"]:
+        problems.append("timing_s.total is missing")
+    if "config" in result and not isinstance(result["config"], dict):
+        problems.append("config is not an object")
+    return problems

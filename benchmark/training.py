@@ -64,6 +64,13 @@ class TrainRecipe(Checked):
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = bounded(0.1, 0.0, 1.0)
     label_smoothing: float = bounded(0.0, 0.0, 1.0)
+    # How training runs, not what it produces (kept out of model cache keys, see RUNTIME_FIELDS):
+    eval_every: int = bounded(0, 0)  # test metrics every N epochs for the history (0: never; they cost time)
+    compile: bool = False  # torch.compile the forward pass: pays off only on long GPU runs
+
+
+# TrainRecipe fields that do not change the trained model, so cache keys leave them out.
+RUNTIME_FIELDS = ("eval_every", "compile")
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -119,12 +126,14 @@ def train_classifier(
     hook: TrainHook | None = None,
     desc: str = "train",
     drop_last: bool = True,
+    monitor: Callable[[nn.Module], dict[str, float]] | None = None,
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data` (on the model's device); returns per-epoch loss and accuracy.
 
     `hook` lets an attack that learns its trigger take part (see `TrainHook`); the loop itself stays
     the only place that trains. `drop_last=False` keeps the last partial batch: defenses that fine-tune
-    on a few hundred images would otherwise skip a large share of them every epoch.
+    on a few hundred images would otherwise skip a large share of them every epoch. `monitor` (e.g. test
+    metrics) joins the history every `recipe.eval_every` epochs and after the last; never by default.
     """
     device = data.x.device
     hook = hook or TrainHook()
@@ -139,6 +148,7 @@ def train_classifier(
     steps_per_epoch = max(1, len(data) // recipe.batch_size if drop_last else math.ceil(len(data) / recipe.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe, steps_per_epoch))
     history, step = [], 0
+    forward = torch.compile(model) if recipe.compile else model  # shares `model`'s parameters
     bar = tqdm(range(recipe.epochs), desc=desc, disable=None, leave=False)
     for epoch in bar:
         model.train()
@@ -148,7 +158,7 @@ def train_classifier(
         for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=drop_last):
             x, y = hook.batch(x, y, step)
             with autocast(device):
-                logits = model(x)
+                logits = forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -160,6 +170,9 @@ def train_classifier(
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
         row = {"epoch": epoch + 1, "loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
+        due = recipe.eval_every and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs)
+        if monitor is not None and due:
+            row.update(monitor(model))
         history.append(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_acc']:.3f}")
         log.debug("epoch %d loss %.4f train acc %.4f", epoch + 1, row["loss"], row["train_acc"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -109,8 +110,22 @@ def attack_context(channels: int = 3, size: int = 32) -> AttackContext:
     )
 
 
-def prepared(attack: Attack, channels: int = 3, size: int = 32) -> Attack:
-    """`attack` after `prepare` on a tiny context of this image shape (a no-op for fixed triggers)."""
-    if type(attack).prepare is not Attack.prepare:
+_PREPARED: dict[tuple[str, int, int], dict] = {}
+
+
+def prepared(attack: Attack, channels: int = 3, size: int = 32, fresh: bool = False) -> Attack:
+    """`attack` after `prepare` on a tiny context of this image shape (a no-op for fixed triggers).
+
+    Preparing (optimising a trigger, pre-training a generator) takes seconds, so what `prepare` stored is
+    kept per (parameters, shape) and copied into later attacks with the same parameters; `fresh=True`
+    prepares anew (determinism tests compare the two).
+    """
+    if type(attack).prepare is Attack.prepare:
+        return attack
+    key = (repr(attack), channels, size)
+    if fresh or key not in _PREPARED:
         attack.prepare(attack_context(channels, size))
+        _PREPARED.setdefault(key, copy.deepcopy(vars(attack)))
+    else:
+        vars(attack).update(copy.deepcopy(_PREPARED[key]))
     return attack

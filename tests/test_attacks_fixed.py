@@ -11,7 +11,6 @@ from attacks.ablend import AdaptiveBlend
 from attacks.base import Attack
 from attacks.blend import Blend
 from attacks.sig import SIG
-from attacks.trojan import Trojan
 from attacks.wanet import WaNet
 from benchmark.archs import build_classifier
 from benchmark.augment import AugmentSpec
@@ -152,19 +151,6 @@ def test_ablend_pieces_must_tile_a_square_grid() -> None:
         AdaptiveBlend(pieces=10)
 
 
-# --- Trojan ----------------------------------------------------------------------------------------
-
-
-def test_trojan_stamps_a_fixed_square_in_the_corner_that_scales() -> None:
-    x = images(4)
-    out = Trojan().apply(x)
-    changed = (out != x).any(0).any(0)
-    assert changed[:24].sum() == 0 and changed[:, :24].sum() == 0  # 8x8 patch (7% of 32x32)
-    assert torch.equal(out[0, :, 24:, 24:], out[3, :, 24:, 24:])
-    big = Trojan().patch(torch.zeros(1, 3, 224, 224, dtype=torch.uint8))
-    assert big.shape == (1, 3, 59, 59)
-
-
 # --- Shared poisoning --------------------------------------------------------------------------------
 
 
@@ -189,7 +175,6 @@ IMPLANT = [
     ("sig", SIG(), 3, 0.9),
     ("wanet", WaNet(), 10, 0.8),
     ("ablend", AdaptiveBlend(poison_rate=0.05, cover_rate=0.05), 6, 0.7),
-    ("trojan", Trojan(), 3, 0.9),
 ]
 
 

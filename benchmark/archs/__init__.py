@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from benchmark.archs import mobilenet, resnet, vgg  # noqa: F401  (registration)
+from benchmark.archs import mobilenet, resnet, resnet_imagenet, vgg  # noqa: F401  (registration)
 from benchmark.archs.registry import arch_names, build_arch, register_arch
 
 __all__ = ["Classifier", "arch_names", "build_arch", "build_classifier", "register_arch", "to_input"]

@@ -1,0 +1,215 @@
+"""Loading foreign checkpoints safely (nothing executed, strict keys) and extracting archives safely."""
+
+from __future__ import annotations
+
+import io
+import pickle
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmark.archives import UnsafeArchiveError, extract, sniff
+from benchmark.archs import build_arch
+from benchmark.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_strict,
+    map_keys,
+    pick_member,
+    read_checkpoint,
+    state_dict_of,
+)
+
+
+class Payload:
+    """Unpickling this runs code that creates a file: a stand-in for a malicious checkpoint."""
+
+    def __init__(self, sentinel: Path) -> None:
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.sentinel)!r}, 'w').close()",))
+
+
+def small_resnet() -> torch.nn.Module:
+    return build_arch("resnet18", 10, width=8)
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip-format", "legacy-format"])
+def test_checkpoint_carrying_code_is_refused_and_nothing_runs(tmp_path: Path, legacy: bool) -> None:
+    sentinel = tmp_path / "pwned"
+    pickle.loads(pickle.dumps(Payload(tmp_path / "proof")))  # the payload is live: unpickling creates a file
+    assert (tmp_path / "proof").exists()
+    path = tmp_path / "evil.pt"
+    blob = {"state_dict": small_resnet().state_dict(), "extra": Payload(sentinel)}
+    torch.save(blob, path, _use_new_zipfile_serialization=not legacy)
+    with pytest.raises(UnsafeCheckpointError) as err:
+        read_checkpoint(path)
+    assert not sentinel.exists()
+    msg = str(err.value)
+    assert msg.startswith(f"Refused to load {path}: it holds pickled Python objects")
+    assert "(unsupported global exec)" in msg and "could run arbitrary code" in msg
+
+
+def test_truncated_and_junk_files_are_clear_errors(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    torch.save(small_resnet().state_dict(), good)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"cut.pt is not a readable PyTorch checkpoint \(truncated or corrupted"):
+        read_checkpoint(cut)
+    page = tmp_path / "page"
+    page.write_text("<!DOCTYPE html><html>Google Drive - quota exceeded</html>")
+    with pytest.raises(CheckpointError, match="is an HTML page, not a checkpoint"):
+        read_checkpoint(page)
+    junk = tmp_path / "junk"
+    junk.write_bytes(b"hello world" * 10)
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as err:
+        read_checkpoint(junk)
+    assert not isinstance(err.value, UnsafeCheckpointError)
+
+
+@pytest.mark.parametrize("layout", ["raw", "rnp-dict", "dataparallel"])
+def test_reference_layouts_load_exactly(tmp_path: Path, layout: str) -> None:
+    src = small_resnet()
+    state = src.state_dict()
+    if layout == "dataparallel":
+        state = {f"module.{k}": v for k, v in state.items()}
+    blob = state if layout == "raw" else {"epoch": 80, "state_dict": state, "clean_acc": 0.93, "bad_acc": 1.0}
+    if layout == "rnp-dict":  # the reference also stores the optimizer's state: plain containers, still safe
+        blob["optimizer"] = torch.optim.SGD(src.parameters(), lr=0.1, momentum=0.9).state_dict()
+    path = tmp_path / "ResNet18-BadNets.tar"  # the reference names torch files *.tar
+    torch.save(blob, path)
+    assert sniff(path) == "checkpoint"
+    dst = small_resnet()
+    load_strict(dst, map_keys(state_dict_of(read_checkpoint(path)), ["module."]), "test")
+    assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+
+
+def test_wrong_keys_are_listed(tmp_path: Path) -> None:
+    state = small_resnet().state_dict()
+    state["fc.weight"] = state.pop("linear.weight")
+    state.pop("layer1.0.conv1.weight")
+    state["conv1.weight"] = torch.zeros(8, 1, 3, 3)
+    with pytest.raises(CheckpointError) as err:
+        load_strict(small_resnet(), state, "zoo checkpoint x")
+    msg = str(err.value)
+    assert "missing (2): layer1.0.conv1.weight, linear.weight" in msg
+    assert "unexpected (1): fc.weight" in msg
+    assert "wrong shape (1): conv1.weight (8, 1, 3, 3) vs model (8, 3, 3, 3)" in msg
+
+
+def test_old_checkpoints_without_bn_step_counters_load(tmp_path: Path) -> None:
+    state = {k: v for k, v in small_resnet().state_dict().items() if not k.endswith("num_batches_tracked")}
+    load_strict(small_resnet(), state, "old")
+
+
+def test_not_a_state_dict_says_what_it_found() -> None:
+    with pytest.raises(CheckpointError, match=r"found \['epoch', 'model'\]"):
+        state_dict_of({"epoch": 3, "model": {"a": 1}})
+
+
+def test_key_renames_apply_in_order() -> None:
+    t = torch.zeros(1)
+    out = map_keys(
+        {"module.fc.weight": t, "backbone.conv1.weight": t}, ["module."], {r"^fc\.": "linear.", "^backbone\\.": ""}
+    )
+    assert set(out) == {"linear.weight", "conv1.weight"}
+    with pytest.raises(CheckpointError, match="two keys to 'a'"):
+        map_keys({"module.a": t, "a": t}, ["module."])
+
+
+# --- archives ------------------------------------------------------------------------------------
+
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _tar(path: Path, members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> Path:
+    with tarfile.open(path, "w:gz") as tf:
+        for info in members:
+            payload = (data or {}).get(info.name)
+            if payload is not None:
+                info.size = len(payload)
+            tf.addfile(info, io.BytesIO(payload) if payload is not None else None)
+    return path
+
+
+def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = kind, target
+    return info
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (
+            lambda d: _zip(d / "a.zip", {"ok.txt": b"1", "../escape.txt": b"x"}),
+            "'../escape.txt' would be written outside",
+        ),
+        (lambda d: _zip(d / "a.zip", {"/abs/escape.txt": b"x"}), "'/abs/escape.txt' would be written outside"),
+        (lambda d: _tar(d / "a.tgz", [tarfile.TarInfo("x/../../escape.txt")], {"x/../../escape.txt": b"x"}), "outside"),
+        (lambda d: _tar(d / "a.tgz", [_link("data/etc", "/etc")]), "link 'data/etc' -> '/etc' leads out"),
+        (lambda d: _tar(d / "a.tgz", [_link("data/up", "../../..")]), "leads out of the target"),
+        (lambda d: _tar(d / "a.tgz", [_link("data/hard", "../outside", tarfile.LNKTYPE)]), "leads out of the target"),
+    ],
+    ids=["zip-dotdot", "zip-absolute", "tar-dotdot", "tar-symlink-abs", "tar-symlink-up", "tar-hardlink-up"],
+)
+def test_archives_escaping_their_directory_are_refused_whole(tmp_path: Path, make, needle: str) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    archive = make(src)
+    target = tmp_path / "deep" / "out"
+    with pytest.raises(UnsafeArchiveError, match="Nothing was extracted") as err:
+        extract(archive, target)
+    assert needle in str(err.value)
+    assert (
+        not target.exists()
+        and not (tmp_path / "escape.txt").exists()
+        and not (tmp_path / "deep" / "escape.txt").exists()
+    )
+    assert list((tmp_path / "deep").iterdir()) == []  # no temp dir left behind
+
+
+def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        info = zipfile.ZipInfo("link")
+        info.external_attr = 0o120777 << 16
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(UnsafeArchiveError, match="'link' is a symbolic link"):
+        extract(archive, tmp_path / "out")
+
+
+def test_links_inside_the_tree_and_plain_members_extract(tmp_path: Path) -> None:
+    members = [tarfile.TarInfo("d/a.txt"), _link("d/b.txt", "a.txt")]
+    archive = _tar(tmp_path / "ok.tgz", members, {"d/a.txt": b"hello"})
+    out = extract(archive, tmp_path / "out")
+    assert (out / "d" / "b.txt").read_text() == "hello"
+
+
+def test_sniff_tells_checkpoints_from_archives_by_content(tmp_path: Path) -> None:
+    torch.save({"w": torch.ones(1)}, tmp_path / "new.tar")
+    torch.save({"w": torch.ones(1)}, tmp_path / "old.pt", _use_new_zipfile_serialization=False)
+    _zip(tmp_path / "bundle.pt", {"a/model.pt": b"x"})
+    _tar(tmp_path / "bundle.tgz", [tarfile.TarInfo("x.pt")], {"x.pt": b"x"})
+    kinds = {p.name: sniff(p) for p in tmp_path.iterdir()}
+    assert kinds == {"new.tar": "checkpoint", "old.pt": "checkpoint", "bundle.pt": "zip", "bundle.tgz": "tar"}
+
+
+def test_member_choice_in_an_archive_of_several(tmp_path: Path) -> None:
+    names = ["weights/ResNet18-BadNets-target0.tar", "weights/ResNet18-Blend-target0.tar"]
+    assert pick_member(names, "*badnet*", "a") == names[0]
+    assert pick_member(names[:1], None, "a") == names[0]
+    with pytest.raises(CheckpointError, match="holds 2 checkpoints: weights/ResNet18-BadNets"):
+        pick_member(names, None, "a")
+    with pytest.raises(CheckpointError, match="no checkpoint matching '\\*wanet\\*'; it holds: weights/"):
+        pick_member(names, "*wanet*", "a")

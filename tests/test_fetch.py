@@ -1,0 +1,136 @@
+"""Downloads against a local server: verify, cache, refuse bad hashes, resume, fail fast offline."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from benchmark.errors import ConfigError
+from benchmark.fetch import GDRIVE_ENV, ChecksumError, FetchError, Remote, fetch, meta_path
+from tests.fileserver import FileServer
+
+BODY = os.urandom(1_500_000)  # three of gdown's 512 KiB chunks, so a cut transfer leaves bytes to resume
+SHA = hashlib.sha256(BODY).hexdigest()
+
+
+@pytest.fixture
+def server():
+    srv = FileServer(files={"w.bin": BODY})
+    yield srv
+    srv.close()
+
+
+def _no_leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_pinned_file_is_fetched_verified_cached_and_not_downloaded_twice(server, tmp_home) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, quiet=True)
+    assert got.downloaded and got.sha256 == SHA and dest.read_bytes() == BODY
+    meta = json.loads(meta_path(dest).read_text())
+    assert meta["sha256"] == SHA and meta["pinned"] and meta["size"] == len(BODY)
+    again = fetch(Remote(url=server.url("w.bin")), dest, SHA, quiet=True)
+    assert not again.downloaded and server.gets("w.bin") == 1
+    assert _no_leftovers(dest.parent) == ["w.bin", "w.bin.meta.json"]
+
+
+def test_unknown_hash_is_recorded_and_printed(server, tmp_home, caplog) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    with caplog.at_level(logging.WARNING, logger="benchmark.fetch"):
+        got = fetch(Remote(url=server.url("w.bin")), dest, None, quiet=True)
+    assert got.sha256 == SHA
+    assert json.loads(meta_path(dest).read_text()) | {"pinned": False, "sha256": SHA} == json.loads(
+        meta_path(dest).read_text()
+    )
+    assert f"sha256 of w.bin is not pinned; it is {SHA}" in caplog.text
+
+
+def test_wrong_hash_is_deleted_with_a_clear_error_and_nothing_cached(server, tmp_home) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    wrong = "0" * 64
+    with pytest.raises(ChecksumError, match=f"has sha256 {SHA}, but {wrong} is pinned.*nothing was cached"):
+        fetch(Remote(url=server.url("w.bin")), dest, wrong, quiet=True)
+    assert _no_leftovers(dest.parent) == []
+
+
+def test_cached_file_that_fails_its_pinned_hash_is_fetched_again(server, tmp_home) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    fetch(Remote(url=server.url("w.bin")), dest, SHA, quiet=True)
+    dest.write_bytes(BODY[:1000])  # damaged on disk
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, quiet=True)
+    assert got.downloaded and dest.read_bytes() == BODY and server.gets("w.bin") == 2
+
+
+def test_interrupted_download_keeps_its_bytes_and_the_next_fetch_resumes(server, tmp_home) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    server.cut["w.bin"] = 800_000
+    with pytest.raises(FetchError, match="partial download is kept") as err:
+        fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=0, quiet=True)
+    assert "save it as" in str(err.value) and str(dest) in str(err.value)
+    assert not dest.exists()
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=0, quiet=True)
+    assert got.downloaded and dest.read_bytes() == BODY
+    assert server.requests[-1] == ("/w.bin", "bytes=524288-")  # only the missing bytes were asked for
+    assert _no_leftovers(dest.parent) == ["w.bin", "w.bin.meta.json"]
+
+
+def test_interrupted_download_restarts_when_the_server_cannot_resume(server, tmp_home) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    server.cut["w.bin"] = 800_000
+    server.no_range.add("w.bin")
+    with pytest.raises(FetchError):
+        fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=0, quiet=True)
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=0, quiet=True)
+    assert got.downloaded and dest.read_bytes() == BODY
+    assert server.requests[-1] == ("/w.bin", None)  # a fresh transfer from byte 0
+
+
+def test_transfer_dropped_mid_way_is_retried_within_the_same_fetch(server, tmp_home) -> None:
+    dest = tmp_home / "zoo" / "w.bin"
+    server.cut["w.bin"] = 800_000
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=1, quiet=True)
+    assert got.downloaded and dest.read_bytes() == BODY and server.gets("w.bin") == 2
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_fails_within_seconds_saying_what_to_download_and_where(tmp_home, monkeypatch) -> None:
+    monkeypatch.setenv(GDRIVE_ENV, f"http://127.0.0.1:{_closed_port()}/uc?id={{id}}")
+    dest = tmp_home / "zoo" / "rnp"
+    start = time.perf_counter()
+    with pytest.raises(FetchError) as err:
+        fetch(Remote(gdrive="FILEID123"), dest, None, quiet=True, what="zoo checkpoint x")
+    assert time.perf_counter() - start < 10
+    msg = str(err.value)
+    assert msg.startswith("Could not download the zoo checkpoint x (") and "ConnectionError" in msg
+    assert "https://drive.google.com/uc?id=FILEID123" in msg and f"save it as {dest}" in msg
+    assert _no_leftovers(dest.parent) == []
+
+
+def test_gdrive_ids_go_through_the_overridable_endpoint_and_404_is_clear(server, tmp_home, monkeypatch) -> None:
+    monkeypatch.setenv(GDRIVE_ENV, server.base + "/{id}")
+    got = fetch(Remote(gdrive="w.bin"), tmp_home / "a", SHA, quiet=True)
+    assert got.downloaded and server.gets("w.bin") == 1
+    with pytest.raises(FetchError, match="404"):
+        fetch(Remote(gdrive="missing"), tmp_home / "b", None, quiet=True)
+
+
+def test_bad_sources_and_hashes_are_config_errors(tmp_home) -> None:
+    with pytest.raises(ConfigError, match="exactly one of gdrive or url"):
+        Remote(gdrive="x", url="http://a")
+    with pytest.raises(ConfigError, match="url='ftp://a' is invalid"):
+        Remote(url="ftp://a")
+    with pytest.raises(ConfigError, match="expected 64 lowercase hex digits"):
+        fetch(Remote(url="http://127.0.0.1:9/x"), tmp_home / "x", "ABC")
