@@ -1,13 +1,15 @@
 """Performance benchmark: how fast this harness runs a cell on the device it runs on.
 
-    python -m benchmark.perf [--device auto|cpu|cuda] [--size full|cpu-reduced|tiny] [--out FILE]
+    python -m benchmark.perf [--device auto|cpu|cuda|cuda:N] [--size full|cpu-reduced|tiny] [--out FILE]
+                             [--threads N] [--seed N] [--compile]
 
 Fixed workload: CIFAR-shaped synthetic data (3x32x32 uint8, 10 classes, BadNets at 10%) and ResNet-18.
 Measures backdoor training throughput, evaluation throughput, RNP and ANP end to end (with their
 19-point threshold curves evaluated as a cell does), peak memory, and, in the same process on the same
 device and data, the reference RNP's way of running the cell (`benchmark.perf_reference`), reported as a
 ratio reference / ours. `full` is CIFAR-10 sized (the default on CUDA); `cpu-reduced` (the default on
-the CPU) shrinks data, width and step counts so that it finishes in minutes; `tiny` is for the smoke test.
+the CPU) shrinks data, width and step counts so that it finishes in minutes; `tiny` is for the smoke test
+(tests/test_perf.py).
 Prints one JSON object on stdout and a short summary on stderr. A benchmark, never a test: it asserts
 nothing about speed.
 """

@@ -1,0 +1,30 @@
+"""Smoke test of the performance benchmark: it runs every phase and writes its JSON (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from benchmark import perf
+
+
+def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "perf.json"
+    result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+    f = result["figures"]
+    assert result["workload"]["size"] == "tiny" and result["device"]["type"] == "cpu"
+    for phase in ("rnp", "anp", "reference_rnp"):
+        assert f[phase]["seconds"] > 0
+    assert f["train"]["images_per_s"] > 0 and f["eval"]["images_per_s"] > 0
+    assert f["rnp"]["curve_points"] == 19
+    assert f["ratio_reference_over_ours"] == pytest.approx(f["reference_rnp"]["seconds"] / f["rnp"]["seconds"], 0.01)
+    assert 0.0 <= f["model"]["clean_acc"] <= 1.0 and 0.0 <= f["model"]["asr"] <= 1.0
+    assert [t["figure"] for t in result["targets"]] == ["reference / ours RNP ratio"]  # CUDA targets only on CUDA
+
+
+def test_bad_thread_count_is_refused_naming_the_value() -> None:
+    with pytest.raises(SystemExit, match="--threads=0 is invalid"):
+        perf.main(["--size", "tiny", "--device", "cpu", "--threads", "0"])
