@@ -20,6 +20,7 @@ from attacks.fc import FeatureCollision
 from attacks.trojan import Trojan, most_connected
 from benchmark.archs import build_classifier, to_input
 from benchmark.cell import run_cell
+from benchmark.cli import setup_runtime
 from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
 from benchmark.poison import poison_train, poison_train_split
@@ -260,7 +261,8 @@ def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name,min_asr", IMPLANT, ids=[row[0] for row in IMPLANT])
 def test_attack_implants_a_backdoor(name: str, min_asr: float, shared_home: Path) -> None:
-    result = run_cell(compose_cfg([*SMALL, f"attack={name}"]), shared_home / name, torch.device("cpu"))
+    cfg = compose_cfg([*SMALL, f"attack={name}"])
+    result = run_cell(cfg, shared_home / name, setup_runtime(cfg.seed, "cpu"))  # seeded as the CLI seeds
     before = result["before"]
     print(f"{name}: clean acc {before['clean_acc']:.3f}  ASR {before['asr']:.3f}")
     assert result["model_source"] == "trained"

@@ -20,6 +20,7 @@ from attacks.generators import EncoderDecoder, quantise, seeded
 from attacks.lira import LIRA, LiraHook
 from benchmark.archs import to_input
 from benchmark.cell import run_cell
+from benchmark.cli import setup_runtime
 from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
 from benchmark.poison import poison_for_training, poison_train_split
@@ -274,7 +275,7 @@ def test_learned_triggers_survive_the_cache_format(dynamic: InputAware, tmp_path
 # A reduced quickstart (3,000 training images); the embedded specialisation files apply.
 SMALL = ["experiment=quickstart", "defense=none", "dataset.train_limit=3000", "dataset.test_limit=1000"]
 IMPLANT: list[tuple[str, list[str], float]] = [
-    ("dynamic", [], 0.7),
+    ("dynamic", ["dataset.train_limit=null"], 0.7),  # on 3,000 images its ASR is 0.63 (seed 0): too few to implant
     ("lira", [], 0.7),
     ("dfst", [], 0.7),
 ]
@@ -284,7 +285,7 @@ IMPLANT: list[tuple[str, list[str], float]] = [
 @pytest.mark.parametrize("name,overrides,min_asr", IMPLANT, ids=[row[0] for row in IMPLANT])
 def test_attack_implants_a_backdoor(name: str, overrides: list[str], min_asr: float, tmp_home: Path) -> None:
     cfg = compose_cfg([*SMALL, f"attack={name}", *overrides])
-    result = run_cell(cfg, tmp_home / "run", torch.device("cpu"))
+    result = run_cell(cfg, tmp_home / "run", setup_runtime(cfg.seed, "cpu"))  # seeded as the CLI seeds
     before = result["before"]
     print(f"{name}: clean acc {before['clean_acc']:.3f}  ASR {before['asr']:.3f}")
     assert result["model_source"] == "trained" and result["model_meta"]["poisoned"] == (0 if name != "dfst" else 150)
