@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
@@ -112,21 +113,32 @@ class _Tester:
         self.passes += 2
 
 
+def _train_epoch(
+    net: nn.Module,
+    loader: DataLoader,
+    opt: torch.optim.Optimizer,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    after_step: Callable[[], None] = lambda: None,
+) -> None:
+    """One epoch of the reference's loop: per batch a host copy, a step, and a `.item()` sync (its loss log)."""
+    net.train()
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        opt.zero_grad()
+        loss = loss_of(net(x), y)
+        loss.item()  # the reference logs the loss every batch: one device sync per step
+        loss.backward()
+        opt.step()
+        after_step()
+
+
 def unlearn(net: nn.Module, loaders: ReferenceLoaders, epochs: int, tester: _Tester, device: torch.device) -> None:
     """Gradient ascent on the defense data for `epochs` epochs, a full test evaluation after each."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [10, 20], 0.1)
-    criterion = nn.CrossEntropyLoss()
     for _ in range(epochs):
-        net.train()
-        total_loss = 0.0
-        for x, y in loaders.defense:
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad()
-            loss = criterion(net(x), y)
-            total_loss += loss.item()
-            (-loss).backward()
-            opt.step()
+        _train_epoch(net, loaders.defense, opt, lambda out, y: -F.cross_entropy(out, y), device)
         tester(net)
         sched.step()
 
@@ -138,20 +150,14 @@ def recover(
     net = with_masked_norm(unlearned)
     masks = [m.neuron_mask for m in mask_layers(net).values()]
     opt = torch.optim.SGD(masks, lr=0.2, momentum=0.9)
-    criterion = nn.CrossEntropyLoss()
+
+    @torch.no_grad()
+    def clamp() -> None:
+        for m in masks:
+            m.clamp_(0.0, 1.0)
+
     for _ in range(epochs):
-        net.train()
-        total_loss = 0.0
-        for x, y in loaders.defense:
-            x, y = x.to(device), y.to(device)
-            opt.zero_grad()
-            loss = 0.2 * criterion(net(x), y)
-            total_loss += loss.item()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                for m in masks:
-                    m.clamp_(0.0, 1.0)
+        _train_epoch(net, loaders.defense, opt, lambda out, y: 0.2 * F.cross_entropy(out, y), device, clamp)
         tester(net)
     return mask_values(net)
 
