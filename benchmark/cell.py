@@ -30,6 +30,7 @@ from benchmark.fetch import sha256_file
 from benchmark.loggers import LoggerConfig, make_logger
 from benchmark.model_cache import TrainOutcome, cache_key, load_or_train
 from benchmark.poison import TriggeredSet, poison_for_training, triggered_test
+from benchmark.precision import resolved
 from benchmark.record import SCHEMA, versions, write_csv, write_result
 from benchmark.training import RUNTIME_FIELDS, TrainRecipe, train_classifier
 from benchmark.validation import Checked, bounded
@@ -273,6 +274,7 @@ def train_backdoored(parts: CellParts, data: CellData, cache_dir: Path, device: 
             "attack_prepare_seconds": round(prepare_seconds, 3),
             "poisoned": len(poisoned.index),
             "cover": len(poisoned.cover),
+            "runtime": runtime_info(device),
         }
         return meta, attack.trigger_state()
 
@@ -364,7 +366,10 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         "timing_s": timing,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "versions": versions(),
-        "model_meta": {k: meta.get(k) for k in ("train_seconds", "attack_prepare_seconds", "poisoned", "cover", "zoo")},
+        "runtime": runtime_info(device),
+        "model_meta": {
+            k: meta.get(k) for k in ("train_seconds", "attack_prepare_seconds", "poisoned", "cover", "zoo", "runtime")
+        },
     }
     write_result(run_dir, result)
     write_csv(run_dir / "curve.csv", curve_rows)
@@ -381,6 +386,11 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         logger.finish()
     log.info("wrote %s (total %.1f s)", run_dir / "result.json", timing["total"])
     return result
+
+
+def runtime_info(device: torch.device) -> dict[str, Any]:
+    """How the numbers were computed: device, precision and CPU threads (they move the last digits)."""
+    return {"device": str(device), "precision": resolved(device), "torch_threads": torch.get_num_threads()}
 
 
 def _fmt(m: Metrics) -> str:

@@ -16,6 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from benchmark.errors import BenchmarkError, ConfigError
+from benchmark.precision import set_precision, warn_if_slow
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 log = logging.getLogger("benchmark")
@@ -34,8 +35,9 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def setup_runtime(seed: int, device_name: str, threads: int | None = None) -> torch.device:
-    """Seeding, device choice and backend flags: done once, here, for the whole process."""
+def setup_runtime(seed: int, device_name: str, threads: int | None = None, precision: str = "auto") -> torch.device:
+    """Seeding, device choice, precision and backend flags: done once, here, for the whole process."""
+    set_precision(precision)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -46,7 +48,14 @@ def setup_runtime(seed: int, device_name: str, threads: int | None = None) -> to
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    warn_if_slow(device)
     return device
+
+
+def runtime_from_config(cfg: DictConfig, device_name: str | None = None) -> torch.device:
+    """`setup_runtime` with the config's seed, device (unless a sweep job claimed one), threads and precision."""
+    seed = cfg.seed if isinstance(cfg.seed, int) else 0  # a bad seed is reported, naming it, by build_parts
+    return setup_runtime(seed, device_name or cfg.device, cfg.get("threads"), cfg.get("precision", "auto"))
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -61,8 +70,7 @@ def main(cfg: DictConfig) -> None:
     from benchmark.cell import run_cell  # imported late so `--help` and bad overrides answer fast
 
     try:
-        device = setup_runtime(cfg.seed if isinstance(cfg.seed, int) else 0, cfg.device, cfg.get("threads"))
-        run_cell(cfg, run_dir, device)
+        run_cell(cfg, run_dir, runtime_from_config(cfg))
     except BenchmarkError as exc:
         log.error("%s", exc)
         sys.exit(2)

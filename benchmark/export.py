@@ -25,7 +25,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.cli import CONF_DIR, setup_runtime
+from benchmark.cli import CONF_DIR, runtime_from_config
 from benchmark.errors import BenchmarkError
 from benchmark.fetch import sha256_file
 from benchmark.io import atomic_torch_save, atomic_write_text
@@ -140,8 +140,7 @@ def log_artifact(cfg: DictConfig, run_dir: Path, exported: Exported) -> None:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        device = setup_runtime(cfg.seed if isinstance(cfg.seed, int) else 0, cfg.device, cfg.get("threads"))
-        log_artifact(cfg, run_dir, export_cell(cfg, device))
+        log_artifact(cfg, run_dir, export_cell(cfg, runtime_from_config(cfg)))
     except BenchmarkError as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -1,15 +1,18 @@
 """Performance benchmark: how fast this harness runs a cell on the device it runs on.
 
     python -m benchmark.perf [--device auto|cpu|cuda|cuda:N] [--size full|cpu-reduced|tiny] [--out FILE]
-                             [--threads N] [--seed N] [--compile]
+                             [--threads N] [--seed N] [--compile] [--precision auto|fp32|bf16] [--profile]
 
 Fixed workload: CIFAR-shaped synthetic data (3x32x32 uint8, 10 classes, BadNets at 10%) and ResNet-18.
 Measures backdoor training throughput, evaluation throughput, RNP and ANP end to end (with their
 19-point threshold curves evaluated as a cell does), peak memory, and, in the same process on the same
 device and data, the reference RNP's way of running the cell (`benchmark.perf_reference`), reported as a
 ratio reference / ours. `full` is CIFAR-10 sized (the default on CUDA); `cpu-reduced` (the default on
-the CPU) shrinks data, width and step counts so that it finishes in minutes; `tiny` is for the smoke test
-(tests/test_perf.py).
+the CPU) shrinks data, width and ANP's iterations so that it finishes in minutes, but keeps what sets the
+ratio: the reference's epoch counts, 4 defense batches per epoch, and test images per evaluation at 38x the
+defense data (19,000 : 500 in a CIFAR-10 cell); `tiny` is for the smoke test (tests/test_perf.py).
+`--profile` adds, per phase, where the time went (torch profiler: top operators by self time); profiling
+slows the run, so its timings are not comparable with an unprofiled run's.
 Prints one JSON object on stdout and a short summary on stderr. A benchmark, never a test: it asserts
 nothing about speed.
 """
@@ -48,8 +51,10 @@ from benchmark.datasets import ImageSet
 from benchmark.errors import BenchmarkError, ConfigError
 from benchmark.evaluate import Metrics, evaluate
 from benchmark.io import atomic_write_json
-from benchmark.perf_reference import make_loaders, run_reference_rnp
+from benchmark.perf_reference import BATCH as REFERENCE_TEST_BATCH
+from benchmark.perf_reference import loading_seconds, make_loaders, run_reference_rnp
 from benchmark.poison import TriggeredSet, poison_train_split, triggered_test
+from benchmark.precision import PRECISIONS, resolved
 from benchmark.record import clean_floats, versions
 from benchmark.training import TrainRecipe, train_classifier
 from defenses.anp import ANP
@@ -69,6 +74,7 @@ class Workload:
     train_images: int
     test_images: int
     defense_images: int
+    defense_batch: int  # RNP, ANP and the reference's defense loader (128 on 500 images: 4 batches an epoch)
     width: int  # ResNet-18 base width (64 is the standard network)
     train_epochs: int
     train_batch: int
@@ -82,9 +88,10 @@ class Workload:
 
 
 SIZES = {
-    "full": Workload("full", 50_000, 10_000, 500, 64, 3, 256, 1024, 5, 20, 20, 2000),
-    "cpu-reduced": Workload("cpu-reduced", 2048, 512, 256, 16, 1, 128, 512, 2, 20, 5, 20),
-    "tiny": Workload("tiny", 256, 96, 64, 4, 1, 64, 256, 1, 2, 2, 2),
+    "full": Workload("full", 50_000, 10_000, 500, 128, 64, 3, 256, 1024, 5, 20, 20, 2000),
+    # 2,560 clean + ~2,300 triggered test images per evaluation = 38 x 128 defense images, as 19,000 : 500
+    "cpu-reduced": Workload("cpu-reduced", 4096, 2560, 128, 32, 16, 1, 128, 512, 2, 20, 20, 50),
+    "tiny": Workload("tiny", 256, 96, 64, 16, 4, 1, 64, 256, 1, 2, 2, 2),
 }
 
 
@@ -112,6 +119,7 @@ class BenchData:
     test: ImageSet
     triggered: TriggeredSet
     defense: ImageSet  # clean, disjoint from training
+    defense_batch: int
 
 
 def make_data(w: Workload, device: torch.device, seed: int) -> BenchData:
@@ -121,7 +129,8 @@ def make_data(w: Workload, device: torch.device, seed: int) -> BenchData:
     train = poison_train_split(clean, attack, w.num_classes, torch.Generator().manual_seed(seed)).images
     test = synthetic_images(w.test_images, w.num_classes, seed + 2).to(device)
     defense = synthetic_images(w.defense_images, w.num_classes, seed + 3)
-    return BenchData(train.to(device), test, triggered_test(test, attack, w.num_classes), defense.to(device))
+    triggered = triggered_test(test, attack, w.num_classes)
+    return BenchData(train.to(device), test, triggered, defense.to(device), w.defense_batch)
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -169,6 +178,54 @@ class PeakMemory:
 
 def _mb(n: int) -> float:
     return round(n / 2**20, 1)
+
+
+class PhaseProfile:
+    """Where each phase's time went (torch profiler), when asked: the top operators by self time.
+
+    Time outside any torch operator (Python, PIL, the DataLoader's collation) is what the operators
+    do not account for of the phase's wall time.
+    """
+
+    def __init__(self, device: torch.device, enabled: bool, top: int = 8) -> None:
+        self.device, self.enabled, self.top, self.phases = device, enabled, top, {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if self.device.type == "cuda":
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
+            yield
+            sync(self.device)
+        self.phases[name] = self._table(prof, time.perf_counter() - start)
+
+    def _table(self, prof: torch.profiler.profile, wall: float) -> dict[str, Any]:
+        on_gpu = self.device.type == "cuda"
+        averages = prof.key_averages()  # seconds for a long phase: computed once
+        events = [e for e in averages if (e.self_device_time_total if on_gpu else e.self_cpu_time_total)]
+        self_us = [(e.self_device_time_total if on_gpu else e.self_cpu_time_total) for e in events]
+        ranked, total = sorted(zip(self_us, events, strict=True), key=lambda r: -r[0]), max(sum(self_us), 1)
+        cpu_ops_s = sum(e.self_cpu_time_total for e in averages) / 1e6
+        return {
+            "wall_s": round(wall, 3),
+            "clock": "GPU kernel time" if on_gpu else "CPU time in torch operators",
+            "ops_s": round(total / 1e6, 3),
+            "outside_torch_ops_s": round(max(0.0, wall - cpu_ops_s), 3),
+            "top": [
+                {
+                    "op": e.key,
+                    "self_s": round(us / 1e6, 3),
+                    "share": round(us / max(sum(self_us), 1), 3),
+                    "calls": e.count,
+                }
+                for us, e in ranked[: self.top]
+            ],
+        }
 
 
 # ---------------------------------------------------------------- the measured phases
@@ -243,7 +300,7 @@ def bench_reference(model: nn.Module, data: BenchData, rnp: RNP, unlearn_epochs:
     device = data.test.x.device
     net = copy.deepcopy(model.net)  # the bare network: the reference normalises in its transforms
     with stopwatch(device) as t:
-        loaders = make_loaders(data.defense, data.test, data.triggered.images, MEAN, STD)
+        loaders = make_loaders(data.defense, data.test, data.triggered.images, MEAN, STD, data.defense_batch)
         run = run_reference_rnp(
             net, loaders, unlearn_epochs, rnp.recover_epochs, rnp.thresholds(), device, lambda: sync(device)
         )
@@ -255,6 +312,9 @@ def bench_reference(model: nn.Module, data: BenchData, rnp: RNP, unlearn_epochs:
         "unlearn_epochs": unlearn_epochs,
         "recover_epochs": rnp.recover_epochs,
         "test_set_passes": run.test_passes,
+        # where an evaluation's time goes (measured after the run, not part of its seconds):
+        "sweep_s_per_threshold": round(run.sweep_s / len(rnp.thresholds()), 3),
+        "test_loading_s_per_evaluation": round(loading_seconds(loaders), 3),
     }
 
 
@@ -320,16 +380,19 @@ def summary(result: dict[str, Any]) -> str:
     mem = f["peak_memory"]
     lines = [
         f"perf on {d.get('name', d['cpu'])} ({d['type']}, {d['torch_threads']} torch threads, load average "
-        f"{d['load_average_at_start'][0]} at start); size {w['size']}: ResNet-18 width {w['width']}, "
-        f"{w['train_images']} train / {w['test_images']} test / {w['defense_images']} defense images",
+        f"{d['load_average_at_start'][0]} at start, {result['options']['precision']}); size {w['size']}: "
+        f"ResNet-18 width {w['width']}, {w['train_images']} train / {w['test_images']} test / "
+        f"{w['defense_images']} defense images",
         f"  training     {f['train']['images_per_s']:>10,.0f} img/s   {f['train']['seconds_per_epoch']:.2f} s/epoch",
         f"  evaluation   {f['eval']['images_per_s']:>10,.0f} img/s   (batch {f['eval']['batch_size']})",
         f"  RNP          {rnp['seconds']:>10.2f} s       defense {rnp['defense_s']:.2f} + curve {rnp['curve_s']:.2f} "
         f"({rnp['unlearn_epochs']} unlearn + {rnp['recover_epochs']} recover epochs, "
         f"{rnp['curve_models_evaluated']}/{rnp['curve_points']} curve models evaluated)",
-        f"  ANP          {anp['seconds']:>10.2f} s       ({anp['iterations']} iterations)",
+        f"  ANP          {anp['seconds']:>10.2f} s       defense {anp['defense_s']:.2f} + curve {anp['curve_s']:.2f} "
+        f"({anp['iterations']} iterations, {1000 * anp['defense_s_per_iteration']:.1f} ms each)",
         f"  reference    {ref['seconds']:>10.2f} s       RNP the reference's way, "
-        f"{f['ratio_reference_over_ours']:.1f}x ours",
+        f"{f['ratio_reference_over_ours']:.1f}x ours; a threshold of its sweep {ref['sweep_s_per_threshold']:.2f} s, "
+        f"of which {ref['test_loading_s_per_evaluation']:.2f} s is the per-sample test loading alone",
         f"  peak memory  {mem['cell_peak_mb']:>10,.0f} MB      ({mem['kind']})",
         f"  backdoored model: clean acc {f['model']['clean_acc']:.3f}, ASR {f['model']['asr']:.3f}",
     ]
@@ -337,31 +400,49 @@ def summary(result: dict[str, Any]) -> str:
         f"  target {t['figure']} {t['target']}: {t['measured']} ({'met' if t['met'] else 'MISSED'})"
         for t in result["targets"]
     ]
+    for name, p in result.get("profile", {}).items():
+        top = ", ".join(f"{r['op']} {100 * r['share']:.0f}%" for r in p["top"][:3])
+        lines.append(
+            f"  profile {name}: {p['wall_s']:.1f} s wall, {p['ops_s']:.1f} s {p['clock']}, "
+            f"{p['outside_torch_ops_s']:.1f} s outside torch ops; top: {top}"
+        )
+    if "profile" in result:
+        lines.append("  (profiled run: its timings include the profiler's overhead)")
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------- entry point
 
 
-def run(w: Workload, device: torch.device, seed: int = 0, compile_model: bool = False) -> dict[str, Any]:
+def run(
+    w: Workload, device: torch.device, seed: int = 0, compile_model: bool = False, profile: bool = False
+) -> dict[str, Any]:
     """Run every phase on `device` and return the result (the JSON object)."""
     info = device_info(device)
-    mem = PeakMemory(device)
+    mem, prof = PeakMemory(device), PhaseProfile(device, profile)
+
+    @contextlib.contextmanager
+    def phase(name: str) -> Iterator[None]:
+        with mem.phase(name), prof.phase(name):
+            yield
+
     started = time.perf_counter()
     data = make_data(w, device, seed)
     model = new_model(w, device)
-    with mem.phase("train"):
+    with phase("train"):
         train = bench_training(model, data, w, compile_model, seed)
-    with mem.phase("eval"):
+    with phase("eval"):
         evaluation, metrics = bench_eval(model, data, w, compile_model)
-    rnp = RNP(unlearn_epochs=w.rnp_unlearn_epochs, recover_epochs=w.rnp_recover_epochs)
-    with mem.phase("rnp"):
+    rnp = RNP(batch_size=w.defense_batch, unlearn_epochs=w.rnp_unlearn_epochs, recover_epochs=w.rnp_recover_epochs)
+    with phase("rnp"):
         rnp_figures, rnp_info = bench_defense(rnp, model, data, w, seed)
     rnp_figures.update(unlearn_epochs=rnp_info["unlearn"]["epochs"], recover_epochs=rnp.recover_epochs)
-    with mem.phase("anp"):
-        anp_figures, _ = bench_defense(ANP(iterations=w.anp_iterations), model, data, w, seed)
-    anp_figures["iterations"] = w.anp_iterations
-    with mem.phase("reference_rnp"):
+    anp = ANP(batch_size=w.defense_batch, iterations=w.anp_iterations)
+    with phase("anp"):
+        anp_figures, _ = bench_defense(anp, model, data, w, seed)
+    per_iteration = round(anp_figures["defense_s"] / anp.iterations, 5)
+    anp_figures.update(iterations=anp.iterations, defense_s_per_iteration=per_iteration)
+    with phase("reference_rnp"):
         reference = bench_reference(model, data, rnp, rnp_figures["unlearn_epochs"])
     figures = {
         "train": train,
@@ -382,18 +463,21 @@ def run(w: Workload, device: torch.device, seed: int = 0, compile_model: bool = 
             **dataclasses.asdict(w),
             "arch": "resnet18",
             "data": "synthetic CIFAR-shaped uint8 (class prototypes + noise), BadNets 3x3 patch, 10% poisoned",
-            "ours": "uint8 data on the device, batched augmentation, large eval batches under inference mode"
-            + (", bf16 autocast + channels_last" if device.type == "cuda" else ", fp32 channels_last")
+            "ours": "uint8 data on the device, batched augmentation, large eval batches under inference mode, "
+            f"{'bf16 autocast' if resolved(device) == 'bf16' else 'fp32'}, channels_last"
             + (", torch.compile" if compile_model else ""),
-            "reference": "per-sample PIL Dataset + torchvision transforms, DataLoader batch 128 (main process), "
-            "fp32 NCHW, clean + poisoned test evaluation after every unlearning and recovery epoch and per threshold",
+            "reference": f"per-sample PIL Dataset + torchvision transforms, DataLoader (main process) of batch "
+            f"{w.defense_batch} (defense) / {REFERENCE_TEST_BATCH} (test), fp32 NCHW, clean + poisoned test evaluation "
+            "after every unlearning and recovery epoch and per threshold",
             "rnp_seconds_cover": "defense (unlearn + recover + pruning) + evaluation of every curve point",
         },
-        "options": {"compile": compile_model, "seed": seed},
+        "options": {"compile": compile_model, "seed": seed, "precision": resolved(device), "profile": profile},
         "figures": figures,
         "versions": all_versions(),
         "wall_s": round(time.perf_counter() - started, 1),
     }
+    if profile:
+        result["profile"] = prof.phases
     result["targets"] = targets(device, w, figures)
     return clean_floats(result)
 
@@ -406,6 +490,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--compile", action="store_true", help="torch.compile training and evaluation")
+    parser.add_argument(
+        "--precision", choices=PRECISIONS, default="auto", help="as the harness's `precision` (default: auto)"
+    )
+    parser.add_argument("--profile", action="store_true", help="add the top operators of each phase (slower)")
     return parser.parse_args(argv)
 
 
@@ -414,9 +502,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         if args.threads is not None and args.threads < 1:
             raise ConfigError(f"--threads={args.threads} is invalid: expected an integer >= 1")
-        device = setup_runtime(args.seed, args.device, args.threads)
+        device = setup_runtime(args.seed, args.device, args.threads, args.precision)
         size = args.size or ("full" if device.type == "cuda" else "cpu-reduced")
-        result = run(SIZES[size], device, args.seed, args.compile)
+        result = run(SIZES[size], device, args.seed, args.compile, args.profile)
     except BenchmarkError as exc:
         sys.exit(f"error: {exc}")
     if args.out is not None:

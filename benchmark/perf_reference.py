@@ -31,7 +31,7 @@ from torchvision import transforms
 from benchmark.datasets import ImageSet
 from defenses.masks import mask_layers, mask_values, with_masked_norm
 
-BATCH = 128  # the reference's batch for the defense data and for both test loaders
+BATCH = 128  # the reference's batch for the defense data and for both test loaders (CIFAR-10 sized cell)
 
 
 class PILImages(Dataset):
@@ -57,9 +57,17 @@ class ReferenceLoaders:
 
 
 def make_loaders(
-    defense: ImageSet, test: ImageSet, triggered: ImageSet, mean: Sequence[float], std: Sequence[float]
+    defense: ImageSet,
+    test: ImageSet,
+    triggered: ImageSet,
+    mean: Sequence[float],
+    std: Sequence[float],
+    defense_batch: int = BATCH,
 ) -> ReferenceLoaders:
-    """The reference's three loaders: augmented defense data (shuffled), clean and poisoned test sets."""
+    """The reference's three loaders: augmented defense data (shuffled), clean and poisoned test sets.
+
+    `defense_batch` is smaller only when a reduced workload shrinks the defense data (same batches per epoch).
+    """
     size = defense.x.shape[-1]
     normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     train_tf = transforms.Compose(
@@ -67,7 +75,7 @@ def make_loaders(
     )
     test_tf = transforms.Compose(normalize)
     return ReferenceLoaders(
-        defense=DataLoader(PILImages(defense, train_tf), batch_size=BATCH, shuffle=True),
+        defense=DataLoader(PILImages(defense, train_tf), batch_size=defense_batch, shuffle=True),
         clean=DataLoader(PILImages(test, test_tf), batch_size=BATCH, shuffle=False),
         poisoned=DataLoader(PILImages(triggered, test_tf), batch_size=BATCH, shuffle=False),
     )
@@ -196,6 +204,15 @@ def run_reference_rnp(
     recover_s = clock.lap()
     sweep(original, masks, thresholds, tester)
     return ReferenceRun(unlearn_s, recover_s, clock.lap(), tester.passes)
+
+
+def loading_seconds(loaders: ReferenceLoaders) -> float:
+    """One pass over both test loaders without a model: what the per-sample pipeline alone costs per evaluation."""
+    start = time.perf_counter()
+    for loader in (loaders.clean, loaders.poisoned):
+        for _ in loader:
+            pass
+    return time.perf_counter() - start
 
 
 class _Clock:

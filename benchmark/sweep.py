@@ -200,10 +200,10 @@ def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path
         set_aside(run_dir)
         default_wandb_group(cfg, sweep_dir)
         from benchmark.cell import run_cell  # imported here: a skipped cell needs none of it (saves seconds)
-        from benchmark.cli import setup_runtime
+        from benchmark.cli import runtime_from_config
 
         with claimed_device(cfg.device, job_num, Path(sweep_dir) / ".locks") as device_name:
-            device = setup_runtime(cfg.seed if isinstance(cfg.seed, int) else 0, device_name, cfg.get("threads"))
+            device = runtime_from_config(cfg, device_name)
             if device.type == "cuda":
                 torch.cuda.set_device(device)
             run_cell(cfg, run_dir, device)

@@ -1,12 +1,11 @@
 """Training on device-resident uint8 tensors: the one training loop of the harness.
 
 `epoch_batches` is also what defenses iterate over, so every loop shares the same batching and
-augmentation; `autocast` gives bf16 on CUDA and plain fp32 on the CPU.
+augmentation; mixed precision comes from `benchmark.precision` (bf16 on CUDA by default).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from tqdm.auto import tqdm
 from benchmark.archs import to_input
 from benchmark.augment import AugmentSpec, random_crop_flip
 from benchmark.datasets import ImageSet
+from benchmark.precision import autocast
 from benchmark.validation import Checked, bounded
 
 log = logging.getLogger(__name__)
@@ -71,13 +71,6 @@ class TrainRecipe(Checked):
 
 # TrainRecipe fields that do not change the trained model, so cache keys leave them out.
 RUNTIME_FIELDS = ("eval_every", "compile")
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; nothing on the CPU, where bf16 is slower than fp32 on most machines."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def epoch_batches(

@@ -87,6 +87,13 @@ def prune_channels(model: nn.Module, masks: dict[str, Tensor], threshold: float)
     return pruned, count
 
 
+@torch.no_grad()
+def clamp_unit(masks: list[Tensor]) -> None:
+    """Clamp every mask into [0, 1] in place, in two whole-list ops (one per bound) rather than one per layer."""
+    torch._foreach_clamp_min_(masks, 0.0)
+    torch._foreach_clamp_max_(masks, 1.0)
+
+
 def count_below(masks: dict[str, Tensor], threshold: float) -> int:
     return int(sum((m <= threshold).sum() for m in masks.values()))
 

@@ -23,7 +23,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from benchmark.errors import ConfigError
-from benchmark.training import autocast, epoch_batches
+from benchmark.precision import autocast
+from benchmark.training import epoch_batches
 from benchmark.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
 

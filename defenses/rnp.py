@@ -26,11 +26,12 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmark.training import autocast, epoch_batches
+from benchmark.precision import autocast
+from benchmark.training import epoch_batches
 from benchmark.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
 from defenses.mask_pruning import MaskPruningDefense
-from defenses.masks import mask_layers, mask_values, with_masked_norm
+from defenses.masks import clamp_unit, mask_layers, mask_values, with_masked_norm
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +130,7 @@ class RNP(MaskPruningDefense):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                with torch.no_grad():
-                    for m in masks:
-                        m.clamp_(0.0, 1.0)
+                clamp_unit(masks)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
             accs.append(correct / seen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from omegaconf import DictConfig
 
 from attacks.badnets import BadNets
 from attacks.base import Attack, AttackContext
+from benchmark import precision
 from benchmark.archs import build_classifier
 from benchmark.augment import AugmentSpec
 from benchmark.cli import CONF_DIR
@@ -51,6 +53,14 @@ def tmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BENCHMARK_HOME", str(tmp_path / "bench"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     return tmp_path
+
+
+@pytest.fixture
+def restore_precision() -> Iterator[None]:
+    """Tests that set the process-wide precision leave it as they found it."""
+    before = precision.get_precision()
+    yield
+    precision.set_precision(before)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,8 @@ from torch import nn
 
 from benchmark.archs import arch_names, build_arch, build_classifier, register_arch
 from benchmark.errors import ConfigError
+from benchmark.evaluate import for_inference
+from defenses.masks import mask_layers, with_masked_norm
 from tests.conftest import group_options
 
 
@@ -65,3 +67,40 @@ def test_classifier_state_dict_is_the_bare_net() -> None:
     model = build_classifier("resnet18", 10, 3, [0.5] * 3, [0.5] * 3)
     assert set(model.net.state_dict()) == set(build_arch("resnet18", 10).state_dict())
     assert all(k.startswith("net.") for k in model.state_dict())
+
+
+def _with_random_bn_statistics(model: nn.Module) -> nn.Module:
+    """Non-trivial BN statistics and affine parameters, so folding them into the convs changes the weights."""
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", arch_names())
+def test_inference_copy_folds_batchnorm_and_predicts_the_same(name: str) -> None:
+    model = _with_random_bn_statistics(build_classifier(name, 7, 3, [0.5] * 3, [0.25] * 3))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    folded = for_inference(model, torch.device("cpu"))
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-4, atol=1e-4)
+    n_bn = sum(type(m) is nn.BatchNorm2d for m in model.modules())
+    left = sum(type(m) is nn.BatchNorm2d for m in folded.modules())
+    # Pre-activation nets keep the BNs that follow a sum or open a block (no conv right before them).
+    assert left < n_bn if name.startswith("preact") else left == 0
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model itself is untouched
+    assert for_inference(folded, torch.device("cpu")) is folded
+
+
+def test_masked_norm_and_watched_models_are_not_folded() -> None:
+    model = _with_random_bn_statistics(build_classifier("convnet", 3, 1, [0.5], [0.25], width=4))
+    masked = with_masked_norm(model)
+    folded = for_inference(masked, torch.device("cpu"))
+    assert len(mask_layers(folded)) == len(mask_layers(masked))  # masks stay where they act
+    model.net.register_forward_hook(lambda *_: None)
+    assert for_inference(model, torch.device("cpu")) is model

@@ -43,6 +43,7 @@ def check_result(path: Path, defense: str) -> dict:
     assert {"data", "model", "defense", "evaluate", "total"} <= set(result["timing_s"])
     assert result["versions"]["torch"] and result["versions"]["benchmark"]
     assert result["config"]["seed"] == 0
+    assert result["runtime"]["device"] == "cpu" and result["runtime"]["precision"] == "fp32"
     return result
 
 
@@ -84,6 +85,13 @@ def test_bad_override_fails_at_start_naming_the_range(tmp_path: Path) -> None:
     proc = run_cli([*FAST, "attack.poison_rate=1.5", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=60)
     assert proc.returncode != 0
     assert "poison_rate=1.5 is out of range: allowed [0.0, 1.0]" in proc.stdout + proc.stderr
+    assert not (tmp_path / "run" / "result.json").exists()
+
+
+def test_bad_precision_fails_at_start_naming_the_choices(tmp_path: Path) -> None:
+    proc = run_cli([*FAST, "precision=fp16", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert "precision='fp16' is invalid: choose from auto, fp32, bf16" in proc.stdout + proc.stderr
     assert not (tmp_path / "run" / "result.json").exists()
 
 

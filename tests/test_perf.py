@@ -20,9 +20,22 @@ def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.Captur
         assert f[phase]["seconds"] > 0
     assert f["train"]["images_per_s"] > 0 and f["eval"]["images_per_s"] > 0
     assert f["rnp"]["curve_points"] == 19
+    assert f["reference_rnp"]["test_loading_s_per_evaluation"] > 0 and f["reference_rnp"]["sweep_s_per_threshold"] > 0
     assert f["ratio_reference_over_ours"] == pytest.approx(f["reference_rnp"]["seconds"] / f["rnp"]["seconds"], 0.01)
     assert 0.0 <= f["model"]["clean_acc"] <= 1.0 and 0.0 <= f["model"]["asr"] <= 1.0
     assert [t["figure"] for t in result["targets"]] == ["reference / ours RNP ratio"]  # CUDA targets only on CUDA
+    assert result["options"]["precision"] == "fp32" and "profile" not in result
+
+
+@pytest.mark.slow  # the profiler's parsing takes ~20 s even on the tiny workload
+def test_profiled_bf16_run_says_where_each_phase_spent_its_time(restore_precision: None) -> None:
+    result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--precision", "bf16", "--profile"])
+    assert result["options"] == {"compile": False, "seed": 0, "precision": "bf16", "profile": True}
+    assert set(result["profile"]) == {"train", "eval", "rnp", "anp", "reference_rnp"}
+    for table in result["profile"].values():
+        assert table["top"] and table["ops_s"] > 0 and sum(r["share"] for r in table["top"]) <= 1.0 + 1e-6
+    # the reference's per-sample loading shows up as its own entry
+    assert any("DataLoader" in r["op"] for r in result["profile"]["reference_rnp"]["top"])
 
 
 def test_bad_thread_count_is_refused_naming_the_value() -> None:

@@ -1,0 +1,73 @@
+"""Mixed precision: one process-wide choice made by the entry point, used by every training and evaluation loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark import precision
+from benchmark.archs import build_classifier
+from benchmark.augment import AugmentSpec
+from benchmark.cli import setup_runtime
+from benchmark.datasets import ImageSet
+from benchmark.errors import ConfigError
+from benchmark.evaluate import predict
+from benchmark.training import TrainRecipe, train_classifier
+from defenses.base import DefenseData
+from defenses.rnp import RNP
+
+
+def conv_output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
+    """Records the dtype of every output of the model's first convolution."""
+    seen: list[torch.dtype] = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    conv.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    return seen
+
+
+def tiny_data(n: int = 64) -> ImageSet:
+    g = torch.Generator().manual_seed(0)
+    return ImageSet(torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g), torch.arange(n) % 4)
+
+
+def test_a_bad_precision_is_refused_naming_the_choices(restore_precision: None) -> None:
+    with pytest.raises(ConfigError, match=r"precision='fp16' is invalid: choose from auto, fp32, bf16"):
+        setup_runtime(0, "cpu", precision="fp16")
+
+
+CHOICES = [("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)]
+
+
+@pytest.mark.parametrize(("choice", "want"), CHOICES)
+def test_training_and_evaluation_on_the_cpu_run_in_the_chosen_precision(
+    choice: str, want: torch.dtype, restore_precision: None
+) -> None:
+    device = setup_runtime(0, "cpu", precision=choice)
+    assert precision.resolved(device) == ("bf16" if want == torch.bfloat16 else "fp32")
+    model = build_classifier("convnet", 4, 1, [0.5], [0.25], width=4)
+    dtypes = conv_output_dtypes(model)
+    recipe = TrainRecipe(epochs=1, batch_size=32, lr=0.01, warmup_epochs=0.0)
+    train_classifier(model, tiny_data(), recipe, AugmentSpec(crop_pad=1), torch.Generator().manual_seed(0))
+    predict(model, tiny_data().x)
+    assert dtypes and set(dtypes) == {want}
+
+
+def test_cuda_defaults_to_bf16_and_fp32_turns_it_off(restore_precision: None) -> None:
+    cuda = torch.device("cuda")  # only the policy is asked: no CUDA device is needed
+    precision.set_precision("auto")
+    assert precision.autocast_dtype(cuda) == torch.bfloat16 and precision.resolved(torch.device("cpu")) == "fp32"
+    precision.set_precision("fp32")
+    assert precision.autocast_dtype(cuda) is None
+
+
+def test_rnp_learns_masks_in_bf16_on_the_cpu(restore_precision: None) -> None:
+    device = setup_runtime(0, "cpu", precision="bf16")
+    model = build_classifier("convnet", 4, 1, [0.5], [0.25], width=4)
+    recipe = TrainRecipe(epochs=2, batch_size=32, lr=0.05, warmup_epochs=0.0)
+    train_classifier(model, tiny_data(), recipe, AugmentSpec(crop_pad=1), torch.Generator().manual_seed(0))
+    dtypes = conv_output_dtypes(model)  # RNP's deep copies keep the hook
+    rnp = RNP(batch_size=32, unlearn_epochs=2, recover_epochs=2, clean_threshold=0.0)
+    out = rnp(model, DefenseData(tiny_data(32), AugmentSpec(crop_pad=1), 4), torch.Generator(device).manual_seed(0))
+    assert out.info["unlearn"]["epochs"] == 2 and out.info["recover"]["epochs"] == 2
+    assert all(0.0 <= q <= 1.0 for q in out.info["mask_quantiles"].values())
+    assert len(dtypes) == 2 * 1 + 2 * 1 and set(dtypes) == {torch.bfloat16}  # one batch an epoch, each stage
