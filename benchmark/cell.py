@@ -176,28 +176,36 @@ def prepare_data(parts: CellParts, root: Path, device: torch.device) -> CellData
     )
 
 
-def _cache_parts(parts: CellParts) -> dict[str, Any]:
-    """Everything except the attack that determines a trained model."""
+def _cache_parts(parts: CellParts, device: torch.device) -> dict[str, Any]:
+    """Everything except the attack that determines a trained model.
+
+    bf16 training gives another model than fp32, so it is part of the key; fp32 is left out, which keeps the
+    keys of models cached before precision was a setting (the device is left out: its kernels differ in the
+    last bits only).
+    """
     ds = parts.dataset
-    return {
+    key = {
         "dataset": {k: getattr(ds, k) for k in ("name", "reserve", "split_seed", "train_limit", "size")},
         "augment": asdict(parts.augment),
         "arch": asdict(parts.arch),
         "train": {k: v for k, v in asdict(parts.recipe).items() if k not in RUNTIME_FIELDS},
         "seed": parts.seed,
     }
+    if resolved(device) == "bf16":
+        key["precision"] = "bf16"
+    return key
 
 
-def model_cache_path(parts: CellParts, cache_dir: Path) -> Path:
+def model_cache_path(parts: CellParts, cache_dir: Path, device: torch.device) -> Path:
     key = cache_key(
-        {**_cache_parts(parts), "attack": {"class": type(parts.attack).__qualname__, **asdict(parts.attack)}}
+        {**_cache_parts(parts, device), "attack": {"class": type(parts.attack).__qualname__, **asdict(parts.attack)}}
     )
     c = parts.cell
     return Path(cache_dir).expanduser() / f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}-{key}.pt"
 
 
-def clean_model_path(parts: CellParts, cache_dir: Path) -> Path:
-    key = cache_key({**_cache_parts(parts), "attack": None})
+def clean_model_path(parts: CellParts, cache_dir: Path, device: torch.device) -> Path:
+    key = cache_key({**_cache_parts(parts, device), "attack": None})
     c = parts.cell
     return Path(cache_dir).expanduser() / f"{c['dataset']}-{c['arch']}-clean-seed{c['seed']}-{key}.pt"
 
@@ -225,7 +233,8 @@ def clean_model(parts: CellParts, data: CellData, cache_dir: Path, device: torch
     """A clean model trained on the clean training split (cached): the start of TrojanNN, CL, FC and AWP."""
     meta = {"cell": {**{k: v for k, v in parts.cell.items() if k != "defense"}, "attack": "clean"}}
     train = _train_on(parts, data.splits.train, device, "clean training")
-    model, source, _, _ = load_or_train(clean_model_path(parts, cache_dir), new_model(parts, device), train, meta)
+    path = clean_model_path(parts, cache_dir, device)
+    model, source, _, _ = load_or_train(path, new_model(parts, device), train, meta)
     log.info("clean model for %s: %s", parts.cell["attack"], source)
     return model.to(device).eval()
 
@@ -298,11 +307,11 @@ def obtain_model(
     meta = {"cell": {k: v for k, v in parts.cell.items() if k != "defense"}}
     train = train_backdoored(parts, data, cache_dir, device)
     model, source, meta, trigger = load_or_train(
-        model_cache_path(parts, cache_dir), new_model(parts, device), train, meta
+        model_cache_path(parts, cache_dir, device), new_model(parts, device), train, meta
     )
     if source == "cache":
         parts.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
-    return model.to(device), source, {**meta, "sha256": sha256_file(model_cache_path(parts, cache_dir))}
+    return model.to(device), source, {**meta, "sha256": sha256_file(model_cache_path(parts, cache_dir, device))}
 
 
 def evaluate_curve(

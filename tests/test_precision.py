@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from benchmark import precision
 from benchmark.archs import build_classifier
 from benchmark.augment import AugmentSpec
+from benchmark.cell import build_parts, clean_model_path, model_cache_path
 from benchmark.cli import setup_runtime
 from benchmark.datasets import ImageSet
 from benchmark.errors import ConfigError
@@ -15,6 +18,7 @@ from benchmark.evaluate import predict
 from benchmark.training import TrainRecipe, train_classifier
 from defenses.base import DefenseData
 from defenses.rnp import RNP
+from tests.conftest import FAST, compose_cfg
 
 
 def conv_output_dtypes(model: torch.nn.Module) -> list[torch.dtype]:
@@ -71,3 +75,13 @@ def test_rnp_learns_masks_in_bf16_on_the_cpu(restore_precision: None) -> None:
     assert out.info["unlearn"]["epochs"] == 2 and out.info["recover"]["epochs"] == 2
     assert all(0.0 <= q <= 1.0 for q in out.info["mask_quantiles"].values())
     assert len(dtypes) == 2 * 1 + 2 * 1 and set(dtypes) == {torch.bfloat16}  # one batch an epoch, each stage
+
+
+def test_bf16_trained_models_are_cached_apart_from_fp32_ones(restore_precision: None) -> None:
+    parts, cpu, root = build_parts(compose_cfg(FAST)), torch.device("cpu"), Path("/cache")
+    paths = {}
+    for choice in ("auto", "fp32", "bf16"):
+        precision.set_precision(choice)
+        paths[choice] = (model_cache_path(parts, root, cpu), clean_model_path(parts, root, cpu))
+    assert paths["auto"] == paths["fp32"]
+    assert paths["bf16"][0] != paths["fp32"][0] and paths["bf16"][1] != paths["fp32"][1]
