@@ -40,10 +40,11 @@ def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     model as it is. Models FX cannot trace, and models with hooks (someone watches their modules), are kept too.
     """
     model.eval()
-    if device.type != "cpu" or getattr(model, "bn_folded", False) or _has_hooks(model):
+    compiled = hasattr(model, "_orig_mod")  # torch.compile'd: its compiled graph is kept
+    if device.type != "cpu" or compiled or getattr(model, "bn_folded", False) or _has_hooks(model):
         return model
-    root = copy.deepcopy(model)  # folding replaces submodules
     try:
+        root = copy.deepcopy(model)  # folding replaces submodules
         traced = fx.GraphModule(root, _NormLeafTracer().trace(root))
     except Exception as exc:  # data-dependent control flow: predict with the model as it is
         log.debug("BN folding skipped for %s: %s", type(model).__name__, exc)

@@ -102,5 +102,7 @@ def test_masked_norm_and_watched_models_are_not_folded() -> None:
     masked = with_masked_norm(model)
     folded = for_inference(masked, torch.device("cpu"))
     assert len(mask_layers(folded)) == len(mask_layers(masked))  # masks stay where they act
+    compiled = torch.compile(model)  # not run: only whether its compiled graph would be replaced
+    assert for_inference(compiled, torch.device("cpu")) is compiled
     model.net.register_forward_hook(lambda *_: None)
     assert for_inference(model, torch.device("cpu")) is model
