@@ -120,7 +120,6 @@ class BenchData:
     test: ImageSet
     triggered: TriggeredSet
     defense: ImageSet  # clean, disjoint from training
-    defense_batch: int
 
 
 def make_data(w: Workload, device: torch.device, seed: int) -> BenchData:
@@ -130,8 +129,7 @@ def make_data(w: Workload, device: torch.device, seed: int) -> BenchData:
     train = poison_train_split(clean, attack, w.num_classes, torch.Generator().manual_seed(seed)).images
     test = synthetic_images(w.test_images, w.num_classes, seed + 2).to(device)
     defense = synthetic_images(w.defense_images, w.num_classes, seed + 3)
-    triggered = triggered_test(test, attack, w.num_classes)
-    return BenchData(train.to(device), test, triggered, defense.to(device), w.defense_batch)
+    return BenchData(train.to(device), test, triggered_test(test, attack, w.num_classes), defense.to(device))
 
 
 # ---------------------------------------------------------------- timing helpers
@@ -296,12 +294,12 @@ def bench_defense(
     return figures, out.info
 
 
-def bench_reference(model: nn.Module, data: BenchData, rnp: RNP, unlearn_epochs: int) -> dict[str, Any]:
+def bench_reference(model: nn.Module, data: BenchData, w: Workload, rnp: RNP, unlearn_epochs: int) -> dict[str, Any]:
     """The reference-style RNP cell with the epochs ours ran, on the same device, model and data."""
     device = data.test.x.device
     net = copy.deepcopy(model.net)  # the bare network: the reference normalises in its transforms
     with stopwatch(device) as t:
-        loaders = make_loaders(data.defense, data.test, data.triggered.images, MEAN, STD, data.defense_batch)
+        loaders = make_loaders(data.defense, data.test, data.triggered.images, MEAN, STD, w.defense_batch)
         run = run_reference_rnp(
             net, loaders, unlearn_epochs, rnp.recover_epochs, rnp.thresholds(), device, lambda: sync(device)
         )
@@ -444,7 +442,7 @@ def run(
     per_iteration = round(anp_figures["defense_s"] / anp.iterations, 5)
     anp_figures.update(iterations=anp.iterations, defense_s_per_iteration=per_iteration)
     with phase("reference_rnp"):
-        reference = bench_reference(model, data, rnp, rnp_figures["unlearn_epochs"])
+        reference = bench_reference(model, data, w, rnp, rnp_figures["unlearn_epochs"])
     figures = {
         "train": train,
         "eval": evaluation,
