@@ -306,12 +306,11 @@ def obtain_model(
         return zoo.model.to(device), "zoo", zoo.meta
     meta = {"cell": {k: v for k, v in parts.cell.items() if k != "defense"}}
     train = train_backdoored(parts, data, cache_dir, device)
-    model, source, meta, trigger = load_or_train(
-        model_cache_path(parts, cache_dir, device), new_model(parts, device), train, meta
-    )
+    path = model_cache_path(parts, cache_dir, device)
+    model, source, meta, trigger = load_or_train(path, new_model(parts, device), train, meta)
     if source == "cache":
         parts.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
-    return model.to(device), source, {**meta, "sha256": sha256_file(model_cache_path(parts, cache_dir, device))}
+    return model.to(device), source, {**meta, "sha256": sha256_file(path)}
 
 
 def evaluate_curve(
