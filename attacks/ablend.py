@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from attacks.blend import Blend, blend
-from benchmark.errors import ConfigError
-from benchmark.validation import bounded
+from benchmark.core.errors import ConfigError
+from benchmark.core.validation import bounded
 
 
 @dataclass

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from attacks.badnets import BadNets
 from attacks.base import AttackContext
 from attacks.clean_model import ProjectToClean, finetune_recipe, frozen_copy
-from benchmark.errors import ConfigError
-from benchmark.training import TrainHook, TrainRecipe
-from benchmark.validation import bounded
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainHook, TrainRecipe
+from benchmark.core.validation import bounded
 
 
 @dataclass

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from attacks.base import Attack
-from benchmark.validation import bounded
+from benchmark.core.validation import bounded
 
 PATTERN = ((0, 0, 255), (0, 255, 0), (255, 0, 255))
 

@@ -9,11 +9,11 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from benchmark.augment import AugmentSpec
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.training import TrainHook, TrainRecipe
-from benchmark.validation import Checked, bounded
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainHook, TrainRecipe
+from benchmark.core.validation import Checked, bounded
 
 
 @dataclass
@@ -61,7 +61,7 @@ class Attack(Checked):
 
     clean_label: ClassVar[bool] = False
     # True for attacks whose training hook triggers a share of every batch itself (Input-aware, LIRA):
-    # the training set then stays clean (`benchmark.poison.poison_for_training`), and `poison_rate` is that
+    # the training set then stays clean (`attacks.poison.poison_for_training`), and `poison_rate` is that
     # per-batch share. `poison_train_split` still poisons statically with `apply_train` (e.g. to export a set).
     poisons_in_hook: ClassVar[bool] = False
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from attacks.base import Attack, to_uint8, uniform_pattern
-from benchmark.validation import bounded
+from benchmark.core.validation import bounded
 
 
 def blend(x: Tensor, pattern: Tensor, alpha: float | Tensor) -> Tensor:

@@ -20,9 +20,9 @@ from torch.nn import functional as F
 
 from attacks.base import Attack, AttackContext, to_uint8
 from attacks.clean_model import frozen_copy
-from benchmark.archs import to_input
-from benchmark.errors import ConfigError
-from benchmark.validation import bounded
+from benchmark.core.archs import to_input
+from benchmark.core.errors import ConfigError
+from benchmark.core.validation import bounded
 
 # The authors' corner pattern (+1: white, -1: black) for the top-left and bottom-left corners; the right
 # corners carry its mirror image (poison_attack.py of the authors' code, "all-corners").

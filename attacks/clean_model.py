@@ -2,7 +2,7 @@
 
 - `penultimate`: the input of the classifier head (the last `nn.Linear`), the "late layer" whose neurons
   TrojanNN excites and whose features Poison Frogs collides; found by module type, so it works for every
-  architecture in `benchmark.archs` without naming layers.
+  architecture in `benchmark.core.archs` without naming layers.
 - `StartFromClean`: a training hook that loads the clean model's weights before the first step, so the
   harness's one training loop fine-tunes (retrains) the clean model instead of training from scratch.
 - `ProjectToClean`: the same, plus a projection of every parameter back into an L-inf ball around the
@@ -22,9 +22,9 @@ import torch
 from torch import Tensor, nn
 
 from attacks.base import Attack, AttackContext
-from benchmark.errors import ConfigError
-from benchmark.training import TrainHook, TrainRecipe
-from benchmark.validation import bounded
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainHook, TrainRecipe
+from benchmark.core.validation import bounded
 
 
 def head(model: nn.Module) -> nn.Linear:

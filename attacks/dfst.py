@@ -40,10 +40,10 @@ from torch.nn import functional as F
 
 from attacks.base import Attack, AttackContext, to_uint8
 from attacks.clean_model import head
-from benchmark.archs import to_input
-from benchmark.augment import random_crop_flip
-from benchmark.training import TrainHook
-from benchmark.validation import bounded
+from benchmark.core.archs import to_input
+from benchmark.core.augment import random_crop_flip
+from benchmark.core.training import TrainHook
+from benchmark.core.validation import bounded
 
 # Sunrise palette stops at tone 0, 1/3, 2/3, 1 (RGB in [0, 1]).
 SUNRISE = torch.tensor([[0.16, 0.05, 0.28], [0.78, 0.18, 0.22], [1.00, 0.58, 0.12], [1.00, 0.92, 0.60]])

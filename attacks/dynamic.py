@@ -43,10 +43,10 @@ from attacks.generators import (
     quantise,
     seeded,
 )
-from benchmark.archs import to_input
-from benchmark.errors import ConfigError
-from benchmark.training import TrainHook, epoch_batches
-from benchmark.validation import bounded
+from benchmark.core.archs import to_input
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainHook, epoch_batches
+from benchmark.core.validation import bounded
 
 
 def step_decay(milestones: list[float], total: int, gamma: float = 0.1) -> Callable[[int], float]:

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 from attacks.badnets import BadNets
 from attacks.base import AttackContext, to_uint8
 from attacks.clean_model import Retrained, penultimate
-from benchmark.archs import to_input
-from benchmark.errors import ConfigError
-from benchmark.validation import bounded
+from benchmark.core.archs import to_input
+from benchmark.core.errors import ConfigError
+from benchmark.core.validation import bounded
 
 CRAFT_BATCH = 256  # poisons crafted together: bounds memory on 224x224 images
 

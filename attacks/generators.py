@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
 
 CALIBRATION_IMAGES = 64  # clean training images that set an untrained generator's BatchNorm statistics
 PIXELS_PER_BATCH = 2**21  # images x H x W per generator call: ~40 images at 224x224, 2,600 at 28x28

@@ -40,10 +40,10 @@ from attacks.generators import (
     quantise,
     seeded,
 )
-from benchmark.archs import to_input
-from benchmark.errors import ConfigError
-from benchmark.training import TrainHook, TrainRecipe, lr_lambda
-from benchmark.validation import bounded
+from benchmark.core.archs import to_input
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainHook, TrainRecipe, lr_lambda
+from benchmark.core.validation import bounded
 
 
 @dataclass

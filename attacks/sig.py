@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from attacks.base import Attack, to_uint8
-from benchmark.validation import bounded
+from benchmark.core.validation import bounded
 
 
 @dataclass

@@ -24,8 +24,8 @@ from torch.nn import functional as F
 
 from attacks.base import AttackContext, to_uint8
 from attacks.clean_model import Retrained, head, penultimate
-from benchmark.errors import ConfigError
-from benchmark.validation import bounded
+from benchmark.core.errors import ConfigError
+from benchmark.core.validation import bounded
 
 
 def most_connected(model: nn.Module, k: int) -> Tensor:

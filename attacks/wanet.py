@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from attacks.base import Attack, to_uint8
-from benchmark.validation import bounded
+from benchmark.core.validation import bounded
 
 
 @dataclass

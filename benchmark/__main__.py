@@ -1,3 +1,3 @@
-from benchmark.cli import main
+from benchmark.run.cli import main
 
 main()

@@ -21,10 +21,10 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmark.datasets import ImageSet
-from benchmark.precision import autocast
-from benchmark.training import epoch_batches
-from benchmark.validation import bounded
+from benchmark.core.data import ImageSet
+from benchmark.core.precision import autocast
+from benchmark.core.training import epoch_batches
+from benchmark.core.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
 from defenses.mask_pruning import MaskPruningDefense
 from defenses.masks import MaskedBatchNorm2d, clamp_unit, mask_layers, mask_values, with_masked_norm

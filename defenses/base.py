@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmark.augment import AugmentSpec
-from benchmark.datasets import ImageSet
-from benchmark.validation import Checked
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import ImageSet
+from benchmark.core.validation import Checked
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.validation import bounded
+from benchmark.core.validation import bounded
 from defenses.base import CurvePoint, Defense, DefenseData, DefenseOutput
 
 

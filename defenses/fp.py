@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.training import TrainHook, to_input
-from benchmark.validation import bounded
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainHook, to_input
+from benchmark.core.validation import bounded
 from defenses.base import CurvePoint, DefenseData, DefenseOutput
 from defenses.ft import FineTuning
 from defenses.mask_pruning import split_holdout

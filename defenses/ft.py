@@ -1,6 +1,6 @@
 """FT — plain fine-tuning on the clean defense data: the simplest baseline every defense must beat.
 
-The harness's training loop (benchmark.training.train_classifier) does the work, with the recipe below;
+The harness's training loop (benchmark.core.training.train_classifier) does the work, with the recipe below;
 the model is a copy, so the backdoored original stays untouched.
 """
 
@@ -14,8 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from benchmark.training import TrainHook, TrainRecipe, train_classifier
-from benchmark.validation import bounded
+from benchmark.core.training import TrainHook, TrainRecipe, train_classifier
+from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
 
 

@@ -24,9 +24,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmark.precision import autocast
-from benchmark.training import epoch_batches
-from benchmark.validation import bounded
+from benchmark.core.precision import autocast
+from benchmark.core.training import epoch_batches
+from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
 
 

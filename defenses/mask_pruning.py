@@ -10,9 +10,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from benchmark.datasets import ImageSet
-from benchmark.evaluate import accuracy
-from benchmark.validation import bounded
+from benchmark.core.data import ImageSet
+from benchmark.core.evaluate import accuracy
+from benchmark.core.validation import bounded
 from defenses.base import CurvePoint, Defense, DefenseOutput
 from defenses.masks import count_below, lowest_channels, prune_channels
 

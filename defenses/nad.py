@@ -22,10 +22,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmark.errors import ConfigError
-from benchmark.precision import autocast
-from benchmark.training import epoch_batches
-from benchmark.validation import bounded
+from benchmark.core.errors import ConfigError
+from benchmark.core.precision import autocast
+from benchmark.core.training import epoch_batches
+from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
 
 

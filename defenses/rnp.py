@@ -26,9 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmark.precision import autocast
-from benchmark.training import epoch_batches
-from benchmark.validation import bounded
+from benchmark.core.precision import autocast
+from benchmark.core.training import epoch_batches
+from benchmark.core.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
 from defenses.mask_pruning import MaskPruningDefense
 from defenses.masks import clamp_unit, mask_layers, mask_values, with_masked_norm

@@ -14,14 +14,14 @@ from omegaconf import DictConfig
 
 from attacks.badnets import BadNets
 from attacks.base import Attack, AttackContext
-from benchmark import precision
-from benchmark.archs import build_classifier
-from benchmark.augment import AugmentSpec
-from benchmark.cli import CONF_DIR
-from benchmark.datasets import load_dataset, make_splits
-from benchmark.evaluate import evaluate
-from benchmark.poison import poison_train, triggered_test
-from benchmark.training import TrainRecipe, train_classifier
+from attacks.poison import poison_train, triggered_test
+from benchmark.core import precision
+from benchmark.core.archs import build_classifier
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import load_dataset, make_splits
+from benchmark.core.evaluate import evaluate
+from benchmark.core.training import TrainRecipe, train_classifier
+from benchmark.run.runtime import CONF_DIR
 
 CONF = Path(CONF_DIR)
 

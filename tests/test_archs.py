@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.archs import arch_names, build_arch, build_classifier, register_arch
-from benchmark.errors import ConfigError
-from benchmark.evaluate import for_inference
+from benchmark.core.archs import arch_names, build_arch, build_classifier, register_arch
+from benchmark.core.errors import ConfigError
+from benchmark.core.evaluate import for_inference
 from defenses.masks import mask_layers, with_masked_norm
 from tests.conftest import group_options
 

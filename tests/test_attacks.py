@@ -7,10 +7,10 @@ import torch
 
 from attacks.badnets import BadNets
 from attacks.base import Attack
-from benchmark.cell import build_parts
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.poison import choose_poison, poison_train, poison_train_split, triggered_test
+from attacks.poison import choose_poison, poison_train, poison_train_split, triggered_test
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.run.cell import build_parts
 from tests.conftest import compose_cfg, group_options, prepared
 
 ATTACKS = group_options("attack")

@@ -17,14 +17,14 @@ from attacks.awp import AWP
 from attacks.cl import LabelConsistent
 from attacks.clean_model import HeadOnly, ProjectToClean, StartFromClean, head, penultimate
 from attacks.fc import FeatureCollision
+from attacks.poison import poison_train, poison_train_split
 from attacks.trojan import Trojan, most_connected
-from benchmark.archs import build_classifier, to_input
-from benchmark.cell import run_cell
-from benchmark.cli import setup_runtime
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.poison import poison_train, poison_train_split
-from benchmark.training import TrainRecipe, train_classifier
+from benchmark.core.archs import build_classifier, to_input
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainRecipe, train_classifier
+from benchmark.run.cell import run_cell
+from benchmark.run.runtime import setup_runtime
 from tests.conftest import attack_context, compose_cfg
 
 

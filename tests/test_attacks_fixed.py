@@ -10,15 +10,15 @@ import torch
 from attacks.ablend import AdaptiveBlend
 from attacks.base import Attack
 from attacks.blend import Blend
+from attacks.poison import poison_train, poison_train_split, triggered_test
 from attacks.sig import SIG
 from attacks.wanet import WaNet
-from benchmark.archs import build_classifier
-from benchmark.augment import AugmentSpec
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.evaluate import evaluate
-from benchmark.poison import poison_train, poison_train_split, triggered_test
-from benchmark.training import TrainRecipe, train_classifier
+from benchmark.core.archs import build_classifier
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.core.evaluate import evaluate
+from benchmark.core.training import TrainRecipe, train_classifier
 
 
 def images(n: int = 16, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:

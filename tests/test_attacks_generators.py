@@ -18,13 +18,13 @@ from attacks.dfst import DFST, DetoxHook, FeatureInjector, ssim
 from attacks.dynamic import InputAware, InputAwareHook
 from attacks.generators import EncoderDecoder, quantise, seeded
 from attacks.lira import LIRA, LiraHook
-from benchmark.archs import to_input
-from benchmark.cell import run_cell
-from benchmark.cli import setup_runtime
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.poison import poison_for_training, poison_train_split
-from benchmark.training import TrainRecipe, train_classifier
+from attacks.poison import poison_for_training, poison_train_split
+from benchmark.core.archs import to_input
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainRecipe, train_classifier
+from benchmark.run.cell import run_cell
+from benchmark.run.runtime import setup_runtime
 from tests.conftest import attack_context, compose_cfg
 
 SMALL_DYNAMIC = {"width": 4, "depth": 2, "mask_epochs": 1}

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.archives import UnsafeArchiveError, extract, sniff
-from benchmark.archs import build_arch
-from benchmark.checkpoint import (
+from benchmark.core.archs import build_arch
+from benchmark.core.download.archives import UnsafeArchiveError, extract, sniff
+from benchmark.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
     load_strict,

@@ -6,8 +6,8 @@ import pytest
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
-from benchmark.cell import build_parts
-from benchmark.errors import ConfigError
+from benchmark.core.errors import ConfigError
+from benchmark.run.cell import build_parts
 from tests.conftest import CONF, compose_cfg, group_options
 
 GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment"]

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.datasets import DEBIAN_FASHION_MNIST, ImageSet, load_dataset, make_splits, read_idx, write_idx
-from benchmark.errors import ConfigError, DataMissingError
+from benchmark.core.data import ImageSet, load_dataset, make_splits
+from benchmark.core.data.idx import read_idx, write_idx
+from benchmark.core.data.loaders import DEBIAN_FASHION_MNIST
+from benchmark.core.errors import ConfigError, DataMissingError
 
 
 def test_embedded_subset_is_real_balanced_fashion_mnist() -> None:

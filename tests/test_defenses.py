@@ -10,11 +10,11 @@ import copy
 import pytest
 import torch
 
-from benchmark.archs import build_classifier
-from benchmark.augment import AugmentSpec
-from benchmark.cell import build_parts
-from benchmark.datasets import ImageSet
-from benchmark.evaluate import evaluate
+from benchmark.core.archs import build_classifier
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import ImageSet
+from benchmark.core.evaluate import evaluate
+from benchmark.run.cell import build_parts
 from defenses.base import DefenseData
 from defenses.masks import MaskedBatchNorm2d, mask_layers, prune_channels, with_masked_norm
 from defenses.rnp import RNP

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.archs import build_classifier
-from benchmark.augment import AugmentSpec
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
+from benchmark.core.archs import build_classifier
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
 from defenses.base import DefenseData
 from defenses.clp import CLP, channel_lipschitz, conv_norm_pairs
 from defenses.ibau import IBAU, project_l2

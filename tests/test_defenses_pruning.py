@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from benchmark.archs import to_input
-from benchmark.augment import AugmentSpec
-from benchmark.evaluate import accuracy
+from benchmark.core.archs import to_input
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.evaluate import accuracy
 from defenses.anp import ANP
 from defenses.base import DefenseData
 from defenses.fp import FinePruning, features, head_accuracy, last_linear, mean_features, prune_features

@@ -13,11 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark import imagenet12
-from benchmark.archives import UnsafeArchiveError
-from benchmark.datasets import load_dataset
-from benchmark.errors import DataMissingError
-from benchmark.fetch import GDRIVE_ENV
+from benchmark.core.data import imagenet12, load_dataset
+from benchmark.core.download.archives import UnsafeArchiveError
+from benchmark.core.download.fetch import GDRIVE_ENV
+from benchmark.core.errors import DataMissingError
 from tests.fileserver import FileServer
 
 ID = imagenet12.SOURCE.gdrive
@@ -160,8 +159,8 @@ def test_download_false_and_nothing_there(tmp_home) -> None:
 def test_resnet18_imagenet_has_torchvision_layout_and_loads_its_checkpoints() -> None:
     import torchvision
 
-    from benchmark.archs import build_classifier
-    from benchmark.checkpoint import load_strict
+    from benchmark.core.archs import build_classifier
+    from benchmark.weights.checkpoint import load_strict
 
     reference = torchvision.models.resnet18(num_classes=12).state_dict()
     model = build_classifier("resnet18_imagenet", 12, 3, [0.5] * 3, [0.25] * 3)

@@ -7,15 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import precision
-from benchmark.archs import build_classifier
-from benchmark.augment import AugmentSpec
-from benchmark.cell import build_parts, clean_model_path, model_cache_path
-from benchmark.cli import setup_runtime
-from benchmark.datasets import ImageSet
-from benchmark.errors import ConfigError
-from benchmark.evaluate import predict
-from benchmark.training import TrainRecipe, train_classifier
+from benchmark.core import precision
+from benchmark.core.archs import build_classifier
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.data import ImageSet
+from benchmark.core.errors import ConfigError
+from benchmark.core.evaluate import predict
+from benchmark.core.training import TrainRecipe, train_classifier
+from benchmark.run.cell import build_parts, clean_model_path, model_cache_path
+from benchmark.run.runtime import setup_runtime
 from defenses.base import DefenseData
 from defenses.rnp import RNP
 from tests.conftest import FAST, compose_cfg

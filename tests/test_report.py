@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from benchmark.io import atomic_write_json
-from benchmark.report import Stat, main, write_report
+from benchmark.core.io import atomic_write_json
+from benchmark.report.table import Stat
+from benchmark.report.write import main, write_report
 
 # (attack, defense) -> per seed (clean acc, ASR) after the defense; the backdoored model of a seed has
 # clean acc BASE_CA[seed] and ASR 1.0 (the `before` of every cell of that seed).

@@ -15,9 +15,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from benchmark.model_cache import load_or_train
-from benchmark.report import ReportCallback, write_report
-from benchmark.sweep import claimed_device, config_changes, missing_options, resume_check, run_sweep_cell
+from benchmark.report.write import ReportCallback, write_report
+from benchmark.run.sweep import claimed_device, config_changes, missing_options, resume_check, run_sweep_cell
+from benchmark.weights.model_cache import load_or_train
 from tests.conftest import CONF, FAST, compose_cfg, group_options
 from tests.test_cli import run_cli
 

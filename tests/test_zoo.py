@@ -13,14 +13,14 @@ import torch
 import yaml
 from hydra import compose, initialize_config_dir
 
-from benchmark.archs import build_arch
-from benchmark.cell import build_parts, new_model
-from benchmark.checkpoint import CheckpointError, UnsafeCheckpointError
-from benchmark.cli import setup_runtime
-from benchmark.errors import ConfigError
-from benchmark.export import export_cell, log_artifact
-from benchmark.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
-from benchmark.zoo import ZooMismatchError, load_registry, model_from_zoo
+from benchmark.core.archs import build_arch
+from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
+from benchmark.core.errors import ConfigError
+from benchmark.run.export import export_cell, log_artifact
+from benchmark.run.cell import build_parts, new_model, zoo_key, zoo_settings
+from benchmark.run.runtime import setup_runtime
+from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
+from benchmark.weights.zoo import ZooMismatchError, load_registry, model_from_zoo
 from tests.conftest import CONF, FAST, compose_cfg
 from tests.fileserver import FileServer
 from tests.test_checkpoint import Payload
@@ -42,7 +42,7 @@ def sha(data: bytes) -> str:
 
 
 def _zoo_model(parts):
-    return model_from_zoo(parts.model, parts, lambda: new_model(parts, CPU))
+    return model_from_zoo(parts.model, zoo_key(parts), zoo_settings(parts), parts.attack, lambda: new_model(parts, CPU))
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -115,9 +115,9 @@ def test_auto_falls_back_with_one_line_when_the_zoo_is_unreachable(tmp_home, ser
     overrides = [*_small_entry(tmp_path, server, {"state_dict": {}}), "model.retries=0"]
     server.close()
     parts = build_parts(compose_cfg(overrides))
-    with caplog.at_level(logging.INFO, logger="benchmark.zoo"):
+    with caplog.at_level(logging.INFO, logger="benchmark.weights.zoo"):
         assert _zoo_model(parts) is None
-    lines = [r.getMessage() for r in caplog.records if r.name == "benchmark.zoo"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "benchmark.weights.zoo"]
     assert len(lines) == 1
     assert lines[0].startswith("model: zoo entry embedded/convnet/badnets not usable (Could not download")
     assert lines[0].endswith("model.source=auto: using the cache, else training")
@@ -141,7 +141,7 @@ def test_integrity_failures_stop_the_run_even_in_auto(tmp_home, server, tmp_path
 def test_wrong_keys_fall_back_in_auto_and_fail_in_zoo(tmp_home, server, tmp_path, caplog) -> None:
     wide = build_arch("convnet", 10, 1, width=16, stem_stride=2).state_dict()
     overrides = _small_entry(tmp_path, server, wide)
-    with caplog.at_level(logging.WARNING, logger="benchmark.zoo"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.weights.zoo"):
         assert _zoo_model(build_parts(compose_cfg(overrides))) is None
     assert "does not fit the model: wrong shape" in caplog.text
     with pytest.raises(CheckpointError, match=r"wrong shape \(\d+\): .*\(16, 1, 3, 3\) vs model \(8, 1, 3, 3\)"):
@@ -152,7 +152,7 @@ def test_entry_trained_under_other_settings_is_not_used(tmp_home, server, tmp_pa
     overrides = _small_entry(tmp_path, server, {"state_dict": {}})
     with pytest.raises(ZooMismatchError, match=r"trained with attack.poison_rate=0.1 \(this cell: 0.05\)"):
         _zoo_model(build_parts(compose_cfg([*overrides, "model.source=zoo", "attack.poison_rate=0.05"])))
-    with caplog.at_level(logging.WARNING, logger="benchmark.zoo"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.weights.zoo"):
         assert _zoo_model(build_parts(compose_cfg([*overrides, "attack.target=3"]))) is None
     assert "attack.target=0 (this cell: 3)" in caplog.text and server.requests == []
 

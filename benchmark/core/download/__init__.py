@@ -1,0 +1,1 @@
+"""Fetching files (HTTP and Google Drive, resumable, sha256-checked) and extracting archives safely."""

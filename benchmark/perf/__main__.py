@@ -1,0 +1,3 @@
+from benchmark.perf.bench import main
+
+main()

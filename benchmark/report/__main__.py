@@ -1,0 +1,5 @@
+import sys
+
+from benchmark.report.write import main
+
+sys.exit(main())

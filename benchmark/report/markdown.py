@@ -1,0 +1,104 @@
+"""results.md: the pivots of a sweep (clean acc / ASR, DER, seconds, RNP vs ANP) and its failed cells."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmark.report.table import BASELINE, FIRST_DEFENSES, Cell, Group, Key, best_defense
+
+
+def first_line(text: str, limit: int = 300) -> str:
+    """An error's first line, cut to `limit` characters, safe inside a markdown table."""
+    return (text.splitlines() or [""])[0][:limit].replace("|", "\\|")
+
+
+def _table(header: Sequence[str], body: Iterable[Sequence[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(r) + " |" for r in body]
+
+
+def _ca_asr(g: Group, attack: str, defense: str, seeds: int) -> str:
+    ca, asr = g.stat(attack, defense, "clean_acc"), g.stat(attack, defense, "asr")
+    failed = 0 if defense == BASELINE else len(g.bad.get((attack, defense), []))
+    if ca is None or asr is None:
+        return f"failed ({failed})" if failed else "–"
+    text = f"{ca.pct()} / {asr.pct()}"
+    if ca.n < seeds:
+        text += f" (n={ca.n})"
+    return text + (f" ({failed} failed)" if failed else "")
+
+
+def _pivot(g: Group, columns: Sequence[str], fmt: Any) -> list[str]:
+    return _table(["attack", *columns], ([a, *(fmt(a, d) for d in columns)] for a in g.attacks()))
+
+
+def group_markdown(key: Key, g: Group, max_ca_drop: float, plots: Sequence[str]) -> list[str]:
+    dataset, arch = key
+    seeds = len({c.row["seed"] for cells in g.ok.values() for c in cells})
+    n_ok = sum(map(len, g.ok.values()))
+    n_bad = sum(map(len, g.bad.values()))
+    lines = [f"## {dataset} / {arch}", "", f"{n_ok} cells ok, {n_bad} failed, {seeds} seed(s).", ""]
+    columns = [BASELINE, *g.defenses()]
+
+    def ca_asr(attack: str, defense: str) -> str:
+        text = _ca_asr(g, attack, defense, seeds)
+        return f"**{text}**" if defense == best_defense(g, attack, max_ca_drop) else text
+
+    def stat_cell(metric: str, scale: float = 100.0) -> Any:
+        def fmt(attack: str, defense: str) -> str:
+            s = g.stat(attack, defense, metric)
+            if s is None:
+                return "–"
+            return f"{scale * s.mean:.1f}" + (f" ± {scale * s.std:.1f}" if s.std is not None else "")
+
+        return fmt
+
+    def seconds(attack: str, defense: str) -> str:
+        if defense == BASELINE:  # the backdoored model's training, once per seed (cached for every cell)
+            return stat_cell("train_seconds", 1)(attack, defense)
+        phase, total = stat_cell("seconds_defense", 1)(attack, defense), stat_cell("seconds_total", 1)(attack, defense)
+        return "–" if total == "–" else f"{phase} / {total}"
+
+    runtime = _pivot(g, [BASELINE, *g.defenses()], seconds)
+    runtime[0] = runtime[0].replace(f"| {BASELINE} |", "| backdoor training |", 1)
+    lines += ["### Clean accuracy / ASR (%)", "", *_pivot(g, columns, ca_asr), ""]
+    lines += ["### DER (%)", "", *_pivot(g, g.defenses(), stat_cell("der")), ""]
+    lines += ["### Seconds: backdoor training per model; per cell, defense phase / whole cell", "", *runtime, ""]
+    if all(d in g.defenses() for d in FIRST_DEFENSES):
+        lines += ["### RNP vs ANP", ""]
+        header = ["attack", "clean acc RNP", "clean acc ANP", "ASR RNP", "ASR ANP", "DER RNP", "DER ANP"]
+        body = [
+            [a] + [stat_cell(m)(a, d) for m in ("clean_acc", "asr", "der") for d in FIRST_DEFENSES] for a in g.attacks()
+        ]
+        lines += [*_table(header, body), ""]
+    lines += [f"![{Path(p).stem}]({p})" for p in plots]
+    return [*lines, ""] if plots else lines
+
+
+def markdown(
+    root: Path, cells: Sequence[Cell], groups: dict[Key, Group], max_ca_drop: float, plots: dict[Key, list[str]]
+) -> str:
+    """results.md: a header that defines every number, then one section per (dataset, arch), then failures."""
+    lines = [
+        f"# Sweep results: {root.name}",
+        "",
+        f"{len(cells)} cells under `{root}`: {sum(c.ok for c in cells)} ok, "
+        f"{sum(not c.ok for c in cells)} failed or invalid.",
+        "",
+        "Values are mean ± sample standard deviation (n - 1) over seeds, in percent; `(n=k)` marks a cell with",
+        f"fewer seeds than the rest. `{BASELINE}` is the backdoored model before any defense (every cell's",
+        "`before`). **Bold**: the best defense of the row = the lowest mean ASR among the defenses whose mean",
+        f"clean accuracy is at most {100 * max_ca_drop:.1f} points below `{BASELINE}`; ties go to the higher clean",
+        "accuracy; no bold when none qualifies. DER = (max(0, ΔASR) − max(0, ΔCA) + 1) / 2.",
+        "",
+    ]
+    for key, g in groups.items():
+        lines += group_markdown(key, g, max_ca_drop, plots.get(key, []))
+    bad = [c for c in cells if not c.ok]
+    if bad:
+        lines += ["## Failed or invalid cells", ""]
+        body = [[c.row["path"], c.row["status"], first_line(c.row["error"])] for c in bad]
+        lines += _table(["cell", "status", "error"], body)
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,132 @@
+"""The report's pictures (matplotlib, drawn off-screen): clean acc vs ASR per defense, pruning curves per attack.
+
+Importing this module raises ImportError without matplotlib; the report then skips the plots with a note.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import statistics
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node
+import matplotlib.pyplot as plt
+
+from benchmark.core.io import atomic_write_bytes
+from benchmark.report.table import BASELINE, Group
+
+CURVE_METRICS = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"), ("robust_acc", "robust accuracy"))
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """PNG bytes written atomically: a report being regenerated never shows a torn image."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _safe(*names: str) -> str:
+    return "_".join(re.sub(r"[^A-Za-z0-9_.-]", "-", n) for n in names)
+
+
+def clean_vs_asr(path: Path, title: str, g: Group) -> Path:
+    """One point per (attack, defense): mean ASR (x) and clean acc (y) over seeds, std as error bars."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.8))
+    markers = "osD^vP*Xh<>p"
+    for i, defense in enumerate([BASELINE, *g.defenses()]):
+        pts = [(g.stat(a, defense, "asr"), g.stat(a, defense, "clean_acc")) for a in g.attacks()]
+        pts = [(x, y) for x, y in pts if x is not None and y is not None]
+        if not pts:
+            continue
+        ax.errorbar(
+            [100 * x.mean for x, _ in pts],
+            [100 * y.mean for _, y in pts],
+            xerr=[100 * (x.std or 0.0) for x, _ in pts],
+            yerr=[100 * (y.std or 0.0) for _, y in pts],
+            fmt=markers[i % len(markers)],
+            color="black" if defense == BASELINE else None,
+            label=defense,
+            capsize=2,
+            alpha=0.85,
+        )
+        if len(pts) <= 4:  # few attacks: name each point (more would bury the plot in labels)
+            names = [a for a in g.attacks() if g.stat(a, defense, "asr") and g.stat(a, defense, "clean_acc")]
+            for name, (x, y) in zip(names, pts, strict=True):
+                ax.annotate(name, (100 * x.mean, 100 * y.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set(xlabel="ASR (%)", ylabel="clean accuracy (%)", title=title, xlim=(-3, 103))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def mean_curve(curves: list[list[dict[str, Any]]], metric: str) -> tuple[list[float], list[float], list[float]]:
+    """Thresholds, mean and std of `metric` over seeds at each threshold (rows without a threshold ignored)."""
+    by_t: dict[float, list[float]] = defaultdict(list)
+    for curve in curves:
+        for row in curve:
+            if row.get("threshold") is not None and row.get(metric) is not None:
+                by_t[float(row["threshold"])].append(float(row[metric]))
+    ts = sorted(by_t)
+    means = [statistics.fmean(by_t[t]) for t in ts]
+    stds = [statistics.stdev(by_t[t]) if len(by_t[t]) > 1 else 0.0 for t in ts]
+    return ts, means, stds
+
+
+def threshold_curves(g: Group, attack: str) -> dict[str, tuple[list[list[dict[str, Any]]], list[float]]]:
+    """Per defense with a threshold curve (RNP, ANP): the curves of its seeds and their selected thresholds."""
+    out = {}
+    for defense in g.defenses():
+        cells = g.ok.get((attack, defense), [])
+        curves = [c.curve for c in cells if any("threshold" in r for r in c.curve)]
+        if curves:
+            out[defense] = (curves, [c.selected for c in cells if c.selected is not None])
+    return out
+
+
+def pruning_curves(path: Path, title: str, per_defense: dict[str, tuple[list, list[float]]]) -> Path:
+    """Clean acc, ASR and robust acc against the pruning threshold, one line per defense (mean ± std shaded);
+    dotted verticals: the thresholds the defenses selected (without test data)."""
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
+    for (metric, label), ax in zip(CURVE_METRICS, axes, strict=True):
+        for i, (defense, (curves, selected)) in enumerate(per_defense.items()):
+            ts, means, stds = mean_curve(curves, metric)
+            color = f"C{i}"
+            ax.plot(ts, [100 * m for m in means], marker=".", color=color, label=defense)
+            ax.fill_between(
+                ts,
+                [100 * (m - s) for m, s in zip(means, stds, strict=True)],
+                [100 * (m + s) for m, s in zip(means, stds, strict=True)],
+                color=color,
+                alpha=0.15,
+            )
+            for t in sorted(set(selected)):
+                ax.axvline(t, color=color, linestyle=":", linewidth=1)
+        ax.set(xlabel="pruning threshold (mask <= t)", ylabel=f"{label} (%)", ylim=(-3, 103))
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def group_plots(out_dir: Path, key: tuple[str, str], g: Group) -> list[Path]:
+    """All plots of one (dataset, arch) into `out_dir`; returns their paths."""
+    if not g.ok:  # only failed cells: nothing to draw
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset, arch = key
+    paths = [clean_vs_asr(out_dir / f"clean_vs_asr_{_safe(dataset, arch)}.png", f"{dataset} / {arch}", g)]
+    for attack in g.attacks():
+        per_defense = threshold_curves(g, attack)
+        if per_defense:
+            path = out_dir / f"pruning_{_safe(dataset, arch, attack)}.png"
+            paths.append(pruning_curves(path, f"{attack} on {dataset} / {arch}: pruning curves", per_defense))
+    return paths

@@ -1,0 +1,208 @@
+"""The report's data model: every cell under a sweep dir as a row, grouped per (dataset, arch), with stats.
+
+The Markdown writer, the plots and the CSV files all read this model; none of them reads result.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmark.run.record import CELL_KEYS, METRIC_KEYS, result_problems
+
+BASELINE = "no defense"  # the column built from every cell's `before` metrics (the backdoored model itself)
+FIRST_DEFENSES = ("rnp", "anp")  # shown first, side by side; the others follow alphabetically
+PHASES = ("data", "model", "evaluate", "defense", "curve", "total")
+
+
+@dataclass
+class Cell:
+    """One cell as the report sees it: a CSV row, plus its curve and selected threshold for the plots."""
+
+    row: dict[str, Any]
+    curve: list[dict[str, Any]] = field(default_factory=list)
+    selected: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.row["status"] == "ok"
+
+
+def _cell_files(root: Path) -> Iterable[Path]:
+    """result.json and failed.json files under `root`, skipping hidden dirs (.submitit, .locks) and wandb/."""
+    for path in sorted(root.rglob("*.json")):
+        if path.name not in ("result.json", "failed.json"):
+            continue
+        parts = path.relative_to(root).parts[:-1]
+        if any(p.startswith(".") or p == "wandb" for p in parts):
+            continue
+        yield path
+
+
+def _cell_from_path(rel_dir: Path) -> dict[str, Any]:
+    """The coordinates a sweep subdir spells (<dataset>/<arch>/<attack>/<defense>/seed<N>), if it is one."""
+    parts = rel_dir.parts[-5:]
+    if len(parts) < 5 or not parts[4].startswith("seed") or not parts[4][4:].isdigit():
+        return {}
+    return {**dict(zip(("dataset", "arch", "attack", "defense"), parts[:4], strict=True)), "seed": int(parts[4][4:])}
+
+
+def _base_row(root: Path, path: Path, cell: Any) -> dict[str, Any]:
+    if not isinstance(cell, dict) or any(cell.get(k) is None for k in CELL_KEYS):
+        cell = {**_cell_from_path(path.parent.relative_to(root)), **(cell if isinstance(cell, dict) else {})}
+    row: dict[str, Any] = {k: cell.get(k) for k in CELL_KEYS}
+    return {**row, "status": "", "error": "", "path": str(path.parent.relative_to(root))}
+
+
+def read_cell(root: Path, path: Path) -> Cell:
+    """A Cell from one file; an unreadable or incomplete result.json becomes an `invalid` row."""
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return Cell({**_base_row(root, path, None), "status": "invalid", "error": f"unreadable: {exc}"})
+    row = _base_row(root, path, obj.get("cell") if isinstance(obj, dict) else None)
+    if path.name == "failed.json":
+        error = obj.get("error", "unknown error") if isinstance(obj, dict) else "unreadable failed.json"
+        return Cell({**row, "status": "failed", "error": str(error)})
+    problems = result_problems(obj)
+    if problems:
+        return Cell({**row, "status": "invalid", "error": "; ".join(problems)})
+    row.update(status="ok", model_source=obj.get("model_source"))
+    for phase in ("before", "after"):
+        row.update({f"{phase}_{k}": obj[phase][k] for k in METRIC_KEYS})
+    row["der"] = obj.get("der")
+    row.update({f"seconds_{k}": v for k, v in obj["timing_s"].items()})
+    row["train_seconds"] = (obj.get("model_meta") or {}).get("train_seconds")
+    info = obj.get("defense_info") or {}
+    selected = info.get("selected_threshold")
+    return Cell(row, curve=list(info.get("curve") or []), selected=selected)
+
+
+def collect(root: Path) -> list[Cell]:
+    """Every cell under `root`, sorted by its coordinates."""
+    cells = [read_cell(root, p) for p in _cell_files(root)]
+    return sorted(cells, key=_order)
+
+
+def _order(c: Cell) -> tuple:
+    seed = c.row.get("seed")
+    return (*(str(c.row.get(k)) for k in CELL_KEYS[:4]), seed if isinstance(seed, int) else -1)
+
+
+def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    head = [*CELL_KEYS, "status", "model_source"]
+    metrics = [f"{p}_{k}" for p in ("before", "after") for k in METRIC_KEYS] + ["der"]
+    seen = {k for r in rows for k in r}
+    phases = [f"seconds_{p}" for p in PHASES] + sorted(
+        k for k in seen if k.startswith("seconds_") and k[8:] not in PHASES
+    )
+    return [*head, *metrics, *[p for p in phases if p in seen], "train_seconds", "error", "path"]
+
+
+def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (n - 1) of a metric over seeds; std is None for one seed."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float | None]) -> Stat | None:
+        xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+        if not xs:
+            return None
+        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+
+    def pct(self) -> str:
+        """In percent, one decimal: `93.4 ± 0.2`."""
+        return f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.std is not None else "")
+
+
+Key = tuple[str, str]  # (dataset, arch)
+
+
+@dataclass
+class Group:
+    """The cells of one (dataset, arch): per (attack, defense) the ok cells, and the failures."""
+
+    ok: dict[tuple[str, str], list[Cell]] = field(default_factory=lambda: defaultdict(list))
+    bad: dict[tuple[str, str], list[Cell]] = field(default_factory=lambda: defaultdict(list))
+
+    def attacks(self) -> list[str]:
+        return sorted({a for a, _ in [*self.ok, *self.bad]})
+
+    def defenses(self) -> list[str]:
+        """Defense columns: RNP and ANP first (side by side), then the rest; `none` is the baseline column."""
+        names = {d for _, d in [*self.ok, *self.bad]} - {"none"}
+        return [d for d in FIRST_DEFENSES if d in names] + sorted(names - set(FIRST_DEFENSES))
+
+    def stat(self, attack: str, defense: str, metric: str) -> Stat | None:
+        """`after_<metric>` over the seeds of (attack, defense); for BASELINE, `before_<metric>` per seed."""
+        if defense == BASELINE:
+            per_seed: dict[Any, Any] = {}
+            for (a, _), cells in self.ok.items():
+                if a == attack:
+                    for c in cells:  # every defense cell of a seed starts from the same model
+                        per_seed.setdefault(c.row["seed"], c.row.get(f"before_{metric}", c.row.get(metric)))
+            return Stat.of(per_seed.values())
+        column = metric if metric == "der" or metric.startswith("seconds_") else f"after_{metric}"
+        return Stat.of(c.row.get(column) for c in self.ok.get((attack, defense), []))
+
+
+def group_cells(cells: Iterable[Cell]) -> dict[Key, Group]:
+    groups: dict[Key, Group] = defaultdict(Group)
+    for c in cells:
+        key = (str(c.row["dataset"]), str(c.row["arch"]))
+        (groups[key].ok if c.ok else groups[key].bad)[(str(c.row["attack"]), str(c.row["defense"]))].append(c)
+    return dict(sorted(groups.items()))
+
+
+def best_defense(group: Group, attack: str, max_ca_drop: float) -> str | None:
+    """The lowest mean ASR among defenses whose mean clean acc is at most `max_ca_drop` below the baseline.
+
+    Ties go to the higher clean accuracy. None when there is no baseline or no defense qualifies.
+    """
+    base = group.stat(attack, BASELINE, "clean_acc")
+    if base is None:
+        return None
+    candidates = []
+    for d in group.defenses():
+        ca, asr = group.stat(attack, d, "clean_acc"), group.stat(attack, d, "asr")
+        if ca is not None and asr is not None and base.mean - ca.mean <= max_ca_drop + 1e-12:
+            candidates.append((asr.mean, -ca.mean, d))
+    return min(candidates)[2] if candidates else None
+
+
+def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
+    """One row per (dataset, arch, attack, defense) incl. the baseline: n, failures, mean/std of each metric."""
+    rows = []
+    for (dataset, arch), g in groups.items():
+        for attack in g.attacks():
+            for defense in [BASELINE, *g.defenses()]:
+                row: dict[str, Any] = {"dataset": dataset, "arch": arch, "attack": attack, "defense": defense}
+                row["failed"] = 0 if defense == BASELINE else len(g.bad.get((attack, defense), []))
+                metrics = [*METRIC_KEYS] + ([] if defense == BASELINE else ["der", "seconds_defense", "seconds_total"])
+                for m in metrics:
+                    s = g.stat(attack, defense, m)
+                    row["n"] = max(row.get("n", 0), s.n if s else 0)
+                    row[f"{m}_mean"] = round(s.mean, 6) if s else None
+                    row[f"{m}_std"] = round(s.std, 6) if s and s.std is not None else None
+                rows.append(row)
+    return rows

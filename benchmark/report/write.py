@@ -1,0 +1,165 @@
+"""Writes a sweep's report (CSV, Markdown, plots, wandb) and runs it after every multirun (`ReportCallback`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.core.io import atomic_write_text
+from benchmark.report.markdown import first_line, markdown
+from benchmark.report.table import Cell, Group, Key, collect, columns, group_cells, summary_rows, to_csv
+
+log = logging.getLogger("benchmark.report")
+
+
+@dataclass
+class Report:
+    cells: list[Cell]
+    files: list[Path]
+
+    @property
+    def failed(self) -> list[Cell]:
+        return [c for c in self.cells if not c.ok]
+
+
+def write_report(root: Path, max_ca_drop: float = 0.05, plots: bool = True) -> Report:
+    """Read every cell under `root` and write results.csv, summary.csv, results.md and plots/ there."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"report: {root} is not a directory (pass a sweep dir, e.g. outputs/multirun/NAME)")
+    cells = collect(root)
+    groups = group_cells(cells)
+    rows = [c.row for c in cells]
+    files = [root / "results.csv", root / "summary.csv", root / "results.md"]
+    atomic_write_text(files[0], to_csv(rows, columns(rows)))
+    summary = summary_rows(groups)
+    atomic_write_text(files[1], to_csv(summary, list(dict.fromkeys(k for r in summary for k in r))))
+    images: dict[Key, list[str]] = {}
+    if plots:
+        images = _plots(root, groups)
+        files += [root / p for ps in images.values() for p in ps]
+    atomic_write_text(files[2], markdown(root, cells, groups, max_ca_drop, images))
+    log.info("report: %d cells (%d failed or invalid) -> %s", len(cells), sum(not c.ok for c in cells), files[2])
+    return Report(cells, files)
+
+
+def _plots(root: Path, groups: dict[Key, Group]) -> dict[Key, list[str]]:
+    """PNG plots per (dataset, arch), as paths relative to `root`; none (with a warning) without matplotlib."""
+    try:
+        from benchmark.report import plots
+    except ImportError as exc:
+        log.warning("report: no plots (%s); install matplotlib: pip install 'matplotlib>=3.7'", exc)
+        return {}
+    out: dict[Key, list[str]] = {}
+    for key, g in groups.items():
+        out[key] = [str(p.relative_to(root)) for p in plots.group_plots(root / "plots", key, g)]
+    return out
+
+
+def log_to_wandb(report: Report, root: Path, logger_cfg: dict[str, Any], group: str) -> None:
+    """One aggregate wandb run (job_type=report) in the sweep's group: the cells and summary as Tables, the plots."""
+    import wandb
+
+    from benchmark.run.loggers import LoggerConfig, wandb_mode
+
+    cfg = LoggerConfig(**{**logger_cfg, "kind": "wandb"})
+    rows = [c.row for c in report.cells]
+    cols = columns(rows)
+    summary = summary_rows(group_cells(report.cells))
+    run = wandb.init(
+        project=cfg.project,
+        entity=cfg.entity,
+        group=cfg.group or group,
+        job_type="report",
+        name=f"{cfg.group or group}-report",
+        dir=str(root),
+        mode=wandb_mode(cfg, root),
+        reinit="finish_previous",
+        config={"sweep_dir": str(root), "cells": len(rows), "failed": len(report.failed)},
+    )
+    try:
+        data: dict[str, Any] = {"cells": wandb.Table(columns=cols, data=[[r.get(c) for c in cols] for r in rows])}
+        if summary:
+            scols = list(dict.fromkeys(k for r in summary for k in r))
+            data["summary"] = wandb.Table(columns=scols, data=[[r.get(c) for c in scols] for r in summary])
+        for path in report.files:
+            if path.suffix == ".png":
+                data[f"plots/{path.stem}"] = wandb.Image(str(path))
+        run.log(data)
+    finally:
+        run.finish()
+
+
+class ReportCallback(Callback):
+    """Hydra callback: after every multirun, write the report into the sweep dir (and wandb, if logging there).
+
+    The sweep's cells never raise (benchmark.run.sweep), so this always runs; with `fail_on_error` the process
+    then exits 1 when a cell failed, after its results and the report are safely written.
+    """
+
+    def __init__(self, max_ca_drop: float = 0.05, fail_on_error: bool = True) -> None:
+        self.max_ca_drop = max_ca_drop
+        self.fail_on_error = fail_on_error
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        root = Path(str(config.hydra.sweep.dir))
+        try:
+            report = write_report(root, self.max_ca_drop)
+            logger = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else {}
+            if isinstance(logger, dict) and logger.get("kind") == "wandb":
+                log_to_wandb(report, root, logger, root.name)
+        except Exception:  # the cells' results are safe on disk; say how to redo the report
+            log.exception("report failed; rerun it with: python -m benchmark.report %s", root)
+            failed = True
+        else:
+            failed = bool(report.failed)
+            for c in report.failed:
+                log.error("cell %s %s: %s", c.row["path"], c.row["status"], first_line(c.row["error"]))
+            if report.failed:
+                log.error(
+                    "%d of %d cells failed or are invalid (see %s)",
+                    len(report.failed),
+                    len(report.cells),
+                    root / "results.md",
+                )
+        if failed and self.fail_on_error:
+            sys.exit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmark.report", description=__doc__.splitlines()[0])
+    parser.add_argument("dir", type=Path, help="a sweep directory (e.g. outputs/multirun/quickstart)")
+    parser.add_argument(
+        "--max-ca-drop",
+        type=float,
+        default=0.05,
+        help="best defense: the lowest ASR among those losing at most this clean accuracy (default 0.05)",
+    )
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--wandb", action="store_true", help="also log an aggregate wandb run (offline without a key)")
+    parser.add_argument("--wandb-project", default="backdoor-benchmark")
+    parser.add_argument("--wandb-group", default=None, help="default: the directory's name")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not 0.0 <= args.max_ca_drop <= 1.0:
+        parser.error(f"--max-ca-drop={args.max_ca_drop} is out of range: allowed [0.0, 1.0]")
+    try:
+        report = write_report(args.dir, args.max_ca_drop, plots=not args.no_plots)
+    except FileNotFoundError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.wandb:
+        log_to_wandb(report, args.dir, {"project": args.wandb_project}, args.wandb_group or args.dir.resolve().name)
+    for path in report.files:
+        print(path)
+    if report.failed:
+        print(f"{len(report.failed)} of {len(report.cells)} cells failed or are invalid: listed in results.md")
+    return 0

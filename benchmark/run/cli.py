@@ -1,0 +1,41 @@
+"""Entry point: `python -m benchmark [overrides]` runs one cell; `-m` sweeps a grid (Hydra)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from benchmark.core.errors import BenchmarkError
+from benchmark.run.runtime import CONF_DIR, runtime_from_config
+
+log = logging.getLogger("benchmark")
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    if hc.mode == RunMode.MULTIRUN:  # resume, failed.json instead of an abort, one GPU per job
+        from benchmark.run.sweep import run_sweep_cell
+
+        run_sweep_cell(cfg, run_dir, hc.job.num, Path(hc.sweep.dir))
+        return
+    from benchmark.run.cell import run_cell  # imported late so `--help` and bad overrides answer fast
+
+    try:
+        run_cell(cfg, run_dir, runtime_from_config(cfg))
+    except BenchmarkError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    main()

@@ -1,0 +1,150 @@
+"""Export a backdoored model as a zoo checkpoint plus a ready registry entry.
+
+    python -m benchmark.export experiment=quickstart export.dir=zoo export.url=https://lab.example/zoo
+
+The cell's model comes from the model cache, else it is trained; it is evaluated (clean acc, ASR on the
+test split) and written as `<dataset>-<arch>-<attack>-seed<seed>.pt` — a plain `{"state_dict", "trigger",
+"meta"}` dict that `torch.load(weights_only=True)` reads — with `<same>.zoo.yaml`, an entry to paste into
+a registry (`model.zoo_files`). Host the .pt at `export.url` and any harness can take its model from there.
+With `logger=wandb` (and `export.artifact=true`) the pair is also logged as a wandb model artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark.core.download.fetch import sha256_file
+from benchmark.core.errors import BenchmarkError
+from benchmark.core.io import atomic_torch_save, atomic_write_text
+from benchmark.run.record import versions
+from benchmark.run.runtime import CONF_DIR, runtime_from_config
+
+log = logging.getLogger("benchmark.export")
+
+
+@dataclass(frozen=True)
+class Exported:
+    checkpoint: Path
+    entry_file: Path
+    key: str
+    entry: dict[str, Any]
+
+
+def _plain(obj: Any) -> Any:
+    """JSON-safe copy (tuples -> lists), so the entry dumps as plain YAML."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def build_entry(parts: Any, metrics: dict[str, float], file: str, digest: str, url: str | None) -> dict[str, Any]:
+    """The registry entry for an exported checkpoint: where it lives, its hash and what it was trained with."""
+    c, ds = parts.cell, parts.dataset
+    v = versions()
+    return {
+        "description": (
+            f"{c['attack']} on {c['dataset']}, {c['arch']}, seed {c['seed']}; exported by backdoor-benchmark "
+            f"{v['benchmark']} (git {v['git']})"
+        ),
+        "url": f"{url.rstrip('/')}/{file}" if url else None,
+        "file": file,
+        "sha256": digest,
+        "format": "checkpoint",
+        "member": None,
+        "state_dict_key": "state_dict",
+        "strip_prefix": [],
+        "rename": {},
+        "arch_kwargs": _plain(parts.arch.kwargs),
+        "input": {"size": ds.size, "num_classes": ds.num_classes, "mean": list(ds.mean), "std": list(ds.std)},
+        "attack": _plain(asdict(parts.attack)),
+        "reported": {k: round(v, 6) for k, v in metrics.items()},
+        "trained_with": {
+            "train": _plain(asdict(parts.recipe)),
+            "dataset": {k: getattr(ds, k) for k in ("train_limit", "reserve", "split_seed", "test_limit")},
+            "seed": c["seed"],
+        },
+        "notes": "reported: measured by the harness on the test split when exported",
+    }
+
+
+def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
+    """Obtain (cache or train), evaluate and write the cell's backdoored model and its registry entry."""
+    from attacks.poison import triggered_test
+    from benchmark.core.evaluate import evaluate
+    from benchmark.run.cell import build_parts, obtain_model, prepare_data
+
+    parts = build_parts(cfg)
+    parts.model = dataclasses.replace(parts.model, source="train")  # export our own model, never a zoo one
+    data = prepare_data(parts, Path(cfg.paths.data), device)
+    model, source, _ = obtain_model(parts, data, Path(cfg.paths.cache), device)
+    triggered = triggered_test(data.splits.test, parts.attack, parts.dataset.num_classes)
+    metrics = evaluate(model, data.splits.test, triggered, parts.eval_batch).as_dict()
+    c = parts.cell
+    key = f"{c['dataset']}/{c['arch']}/{c['attack']}"
+    name = f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}"
+    out = Path(cfg.export.dir).expanduser()
+    ckpt = out / f"{name}.pt"
+    net = getattr(model, "net", model)
+    blob = {
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "trigger": {k: v.detach().cpu() for k, v in parts.attack.trigger_state().items()},
+        "meta": _plain({"key": key, "cell": c, "model_source": source, **metrics, "versions": versions()}),
+    }
+    atomic_torch_save(blob, ckpt)
+    ckpt.chmod(0o644)  # to be served by a web server: readable by others, unlike a private temp file
+    digest = sha256_file(ckpt)
+    entry = build_entry(parts, metrics, ckpt.name, digest, cfg.export.url)
+    header = f"# Zoo entry for {ckpt.name}; paste into a registry file (model.zoo_files=[...]).\n"
+    if entry["url"] is None:
+        header += f"# Set `url` to where you host {ckpt.name} (or `gdrive: <file id>` instead of url).\n"
+    entry_file = out / f"{name}.zoo.yaml"
+    atomic_write_text(entry_file, header + yaml.safe_dump({key: entry}, sort_keys=False, width=110))
+    log.info("exported %s (sha256 %s, clean acc %.4f, ASR %.4f)", ckpt, digest, metrics["clean_acc"], metrics["asr"])
+    log.info("registry entry: %s", entry_file)
+    return Exported(ckpt, entry_file, key, entry)
+
+
+def log_artifact(cfg: DictConfig, run_dir: Path, exported: Exported) -> None:
+    """With logger=wandb: log the checkpoint and its entry as a wandb model artifact."""
+    from benchmark.run.loggers import LoggerConfig, WandbLogger, make_logger
+
+    logger_cfg = LoggerConfig(**{k: v for k, v in OmegaConf.to_container(cfg.logger).items() if k != "_target_"})
+    if logger_cfg.kind != "wandb" or not cfg.export.artifact:
+        return
+    import wandb
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    logger = make_logger(logger_cfg, run_dir, exported.checkpoint.stem, config, job_type="export")
+    try:
+        assert isinstance(logger, WandbLogger)
+        artifact = wandb.Artifact(exported.checkpoint.stem, type="model", metadata=exported.entry)
+        artifact.add_file(str(exported.checkpoint))
+        artifact.add_file(str(exported.entry_file))
+        logger.run.log_artifact(artifact)
+        log.info("wandb: logged model artifact %s", exported.checkpoint.stem)
+    finally:
+        logger.finish()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="export", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        log_artifact(cfg, run_dir, export_cell(cfg, runtime_from_config(cfg)))
+    except BenchmarkError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""What a cell leaves behind: result.json (schema 1, see DESIGN.md), the curve CSV, versions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import benchmark
+from benchmark.core.io import atomic_write_json, atomic_write_text
+
+SCHEMA = 1
+
+
+def versions() -> dict[str, str | None]:
+    return {"benchmark": benchmark.__version__, "torch": torch.__version__, "git": git_revision()}
+
+
+def git_revision() -> str | None:
+    """The commit of the benchmark's own checkout (with '+dirty' for local changes), if it is one."""
+    root = Path(benchmark.__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("+dirty" if dirty else "")
+
+
+def clean_floats(obj: Any) -> Any:
+    """NaN/inf are not JSON: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_floats(v) for v in obj]
+    return obj
+
+
+def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
+    path = Path(run_dir) / "result.json"
+    atomic_write_json(path, clean_floats(result))
+    return path
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+RESULT_KEYS = ("schema", "cell", "model_source", "before", "after", "der", "defense_info", "timing_s", "config")
+CELL_KEYS = ("attack", "dataset", "arch", "defense", "seed")
+METRIC_KEYS = ("clean_acc", "asr", "robust_acc")
+
+
+def result_problems(result: Any) -> list[str]:
+    """What keeps `result` from being a complete schema-1 result.json (empty when it is one).
+
+    Resume trusts a cell only when this is empty, and the report lists any other file as invalid.
+    """
+    if not isinstance(result, dict):
+        return [f"expected a JSON object, got {type(result).__name__}"]
+    problems = [f"missing key {k!r}" for k in RESULT_KEYS if k not in result]
+    if result.get("schema") != SCHEMA:
+        problems.append(f"schema={result.get('schema')!r}, expected {SCHEMA}")
+    cell = result.get("cell")
+    if not isinstance(cell, dict) or any(k not in cell for k in CELL_KEYS):
+        problems.append(f"cell needs {', '.join(CELL_KEYS)}")
+    for phase in ("before", "after"):
+        metrics = result.get(phase)
+        if not isinstance(metrics, dict):
+            problems.append(f"{phase} is not an object")
+            continue
+        for k in METRIC_KEYS:
+            v = metrics.get(k)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0.0 <= v <= 1.0:
+                problems.append(f"{phase}.{k}={v!r} is not a fraction in [0, 1]")
+    if not isinstance(result.get("timing_s"), dict) or "total" not in result["timing_s"]:
+        problems.append("timing_s.total is missing")
+    if "config" in result and not isinstance(result["config"], dict):
+        problems.append("config is not an object")
+    return problems

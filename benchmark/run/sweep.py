@@ -1,0 +1,264 @@
+"""One cell of a sweep (`python -m benchmark -m ...`): resume, failure record, one GPU per parallel job.
+
+A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<arch>/<attack>/<defense>/seed<N>/`:
+- resume: a cell whose `result.json` is complete (schema-valid) and was made from the same config is
+  skipped, so rerunning a sweep runs only what is missing, failed, was killed, or changed;
+- a cell that fails writes `failed.json` (error and traceback) instead of stopping the sweep; the report
+  lists it and the sweep exits non-zero at the end (benchmark.report.ReportCallback);
+- with `device=auto` and several visible GPUs, each job holds one GPU (a lock file per GPU) for its run,
+  so parallel jobs (joblib launcher, `n_jobs` = GPU count) never share one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from filelock import FileLock, Timeout
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.io import atomic_write_json
+from benchmark.run.record import SCHEMA, clean_floats, result_problems, versions
+from benchmark.run.runtime import CONF_DIR, runtime_from_config
+
+log = logging.getLogger("benchmark")
+
+RESULT, FAILED, STALE = "result.json", "failed.json", "result.stale.json"
+
+# Settings that do not change what a cell computes: a rerun that differs only in these still resumes.
+IGNORED_KEYS = (
+    "paths",
+    "threads",
+    "logger",
+    "sweep_name",
+    "resume",
+    "model.zoo_dir",
+    "model.timeout_s",
+    "model.retries",
+)
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` as result.json stores it (JSON round trip, NaN as null), minus the IGNORED_KEYS."""
+    out = json.loads(json.dumps(clean_floats(config), default=str))
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in _flatten(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj}
+
+
+def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys of the stored config whose value differs now, or that are gone (after `comparable`).
+
+    Keys the config gained since the cell ran are not changes: a new setting arrives with a default that
+    keeps the old behaviour (e.g. train.eval_every), and resume compares configs, not code.
+    """
+    a, b = _flatten(comparable(stored)), _flatten(comparable(current))
+    return sorted(k for k in a if a[k] != b.get(k, "<absent>"))
+
+
+def resume_check(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
+    """(True, why) when `run_dir` holds a finished result of this very config; else (False, why not)."""
+    path = Path(run_dir) / RESULT
+    if not path.exists():
+        return False, "no result.json"
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return False, f"result.json is unreadable ({exc})"
+    problems = result_problems(result)
+    if problems:
+        return False, "result.json is incomplete: " + "; ".join(problems[:3])
+    changed = config_changes(result["config"], config)
+    if changed:
+        more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
+        return False, "the config changed: " + ", ".join(changed[:5]) + more
+    return True, "result.json is complete and matches the config"
+
+
+def set_aside(run_dir: Path) -> None:
+    """Before a (re)run: keep an outdated result as result.stale.json and drop an old failure record."""
+    run_dir = Path(run_dir)
+    if (run_dir / RESULT).exists():
+        os.replace(run_dir / RESULT, run_dir / STALE)
+    (run_dir / FAILED).unlink(missing_ok=True)
+
+
+def cell_of(cfg: DictConfig) -> dict[str, Any]:
+    """The cell's coordinates, read leniently (the config may be the reason the cell failed)."""
+    keys = {"attack": "attack.name", "dataset": "dataset.name", "arch": "arch.name", "defense": "defense.name"}
+    cell = {k: OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False) for k, path in keys.items()}
+    return {**cell, "seed": OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)}
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, exc: BaseException, seconds: float) -> Path:
+    """failed.json: the cell, the error and its traceback, so the report can list it and a rerun retries it."""
+    try:
+        config: Any = OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # an unresolvable config is a possible cause of the failure itself
+        config = OmegaConf.to_container(cfg, resolve=False)
+    path = Path(run_dir) / FAILED
+    atomic_write_json(
+        path,
+        clean_floats(
+            {
+                "schema": SCHEMA,
+                "status": "failed",
+                "cell": cell_of(cfg),
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": "".join(traceback.format_exception(exc)),
+                "timing_s": {"total": round(seconds, 3)},
+                "config": config,
+                "versions": versions(),
+            }
+        ),
+    )
+    return path
+
+
+def _lock_tag() -> str:
+    """This machine and its visible-GPU set: GPU index k means the same device only within one tag."""
+    tag = f"{socket.gethostname()}-{os.environ.get('CUDA_VISIBLE_DEVICES', 'all')}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
+
+
+@contextlib.contextmanager
+def claimed_device(name: str, job_num: int, lock_dir: Path, poll_s: float = 5.0) -> Iterator[str]:
+    """The device name for a job: with `auto` and several visible GPUs, a GPU this job holds alone.
+
+    Job k tries GPU k mod count first, then the others; when all are held it waits. One GPU or none:
+    `name` unchanged (a SLURM job sees only its own GPUs, so it needs no lock).
+    """
+    count = torch.cuda.device_count() if name == "auto" and torch.cuda.is_available() else 0
+    if count < 2:
+        yield name
+        return
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    order = [(job_num + i) % count for i in range(count)]
+    locks = {k: FileLock(str(lock_dir / f"{_lock_tag()}-cuda{k}.lock")) for k in order}
+    waited = False
+    while True:
+        for k in order:
+            try:
+                locks[k].acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                yield f"cuda:{k}"
+            finally:
+                locks[k].release()
+            return
+        if not waited:
+            log.info("all %d GPUs are held by other jobs of this sweep: waiting for one", count)
+            waited = True
+        time.sleep(poll_s)
+
+
+def default_wandb_group(cfg: DictConfig, sweep_dir: Path) -> None:
+    """wandb runs of one sweep share a group named after the sweep directory (unless logger.group is set)."""
+    if cfg.logger.get("kind") == "wandb" and not cfg.logger.get("group"):
+        with open_dict(cfg):
+            cfg.logger.group = Path(sweep_dir).name
+
+
+def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path) -> str:
+    """Run one cell of a sweep; returns "skipped", "done" or "failed" (a failure never raises)."""
+    start = time.perf_counter()
+    try:
+        resume = cfg.get("resume", True)
+        if not isinstance(resume, bool):
+            raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
+        if resume:
+            done, why = resume_check(run_dir, OmegaConf.to_container(cfg, resolve=True))
+            if done:
+                log.info("resume: skipping %s: %s", run_dir, why)
+                return "skipped"
+            if (run_dir / RESULT).exists():
+                log.warning("resume: rerunning %s: %s", run_dir, why)
+        set_aside(run_dir)
+        default_wandb_group(cfg, sweep_dir)
+        from benchmark.run.cell import run_cell  # imported here: a skipped cell needs none of it (saves seconds)
+
+        with claimed_device(cfg.device, job_num, Path(sweep_dir) / ".locks") as device_name:
+            device = runtime_from_config(cfg, device_name)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)
+            run_cell(cfg, run_dir, device)
+        return "done"
+    except Exception as exc:  # one broken cell must not cost the others their results
+        if isinstance(exc, BenchmarkError):
+            log.error("cell failed: %s", exc)
+        else:
+            log.exception("cell failed")
+        if (run_dir / RESULT).exists():  # written before the failure (e.g. in logging): not a finished cell
+            os.replace(run_dir / RESULT, run_dir / STALE)
+        path = record_failure(run_dir, cfg, exc, time.perf_counter() - start)
+        log.error("wrote %s; the sweep goes on", path)
+        return "failed"
+
+
+def grid_values(config: DictConfig) -> dict[str, list[str]]:
+    """Per key, every value the sweep will use: `hydra.sweeper.params` updated by the command line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    lines = [f"{k}={v}" for k, v in params.items()]
+    lines += list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
+    out: dict[str, list[str]] = {}
+    for o in OverridesParser.create().parse_overrides(lines):
+        if o.is_delete() or o.is_add() or o.is_force_add():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        out[o.key_or_group] = values  # a later (command-line) entry replaces the preset's list
+    return out
+
+
+def missing_options(config: DictConfig, conf_dir: Path) -> list[str]:
+    """`group=option` entries of the grid with no conf/<group>/<option>.yaml, as messages naming the choices."""
+    problems = []
+    for key, values in grid_values(config).items():
+        group = Path(conf_dir) / key
+        if "/" in key or not group.is_dir():
+            continue
+        choices = sorted(p.stem for p in group.glob("*.yaml"))
+        missing = [v for v in values if v not in choices and v != "null"]
+        if missing:
+            problems.append(f"{key}={','.join(missing)} not in conf/{key}/; choose from {', '.join(choices)}")
+    return problems
+
+
+class GridCheck(Callback):
+    """Hydra callback: before a sweep starts, check that every option it names exists.
+
+    Hydra composes each cell only when it launches it, so a missing option would stop the sweep halfway.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        problems = missing_options(config, Path(CONF_DIR))
+        if problems:
+            for p in problems:
+                log.error("sweep: %s", p)
+            sys.exit(2)
