@@ -22,6 +22,7 @@ from benchmark.core.data import load_dataset, make_splits
 from benchmark.core.evaluate import evaluate
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.runtime import CONF_DIR
+from tests.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)
 
@@ -86,7 +87,7 @@ def backdoored(embedded):
     # A barely-learned backdoor on purpose: the fast defense tests (FT and FP with 10 epochs) can remove it.
     # Its ASR depends on the CPU's float kernels (1.00 on one machine, 0.89 on another), hence the 0.8 bar;
     # 4 epochs would make it 1.00 everywhere but beyond what the shortened FT/FP/CLP can undo (ASR stays > 0.7).
-    assert before.asr > 0.8 and before.clean_acc > 0.6, before
+    assert before.asr > BUDGETS["attack"]["badnets"].min_asr and before.clean_acc > 0.6, before
     return model, triggered, before
 
 

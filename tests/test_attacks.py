@@ -10,7 +10,7 @@ from attacks.base import Attack
 from attacks.poison import choose_poison, poison_train, poison_train_split, triggered_test
 from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
-from benchmark.run.cell import build_parts
+from benchmark.run.config import build_run_config
 from tests.conftest import compose_cfg, group_options, prepared
 
 ATTACKS = group_options("attack")
@@ -18,7 +18,7 @@ ATTACKS = group_options("attack")
 
 def make_attack(name: str, *overrides: str, channels: int = 3, size: int = 32, fresh: bool = False) -> Attack:
     """The attack as configured, prepared (if it learns anything) for images of this shape."""
-    attack = build_parts(compose_cfg([f"attack={name}", "dataset=embedded", *overrides])).attack
+    attack = build_run_config(compose_cfg([f"attack={name}", "dataset=embedded", *overrides])).attack
     return prepared(attack, channels, size, fresh)
 
 

@@ -7,7 +7,8 @@ from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
 from benchmark.core.errors import ConfigError
-from benchmark.run.cell import build_parts
+from benchmark.run.config import build_run_config, check_writable
+from benchmark.weights.zoo import load_registry
 from tests.conftest import CONF, compose_cfg, group_options
 
 GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment"]
@@ -16,12 +17,12 @@ GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in group_options(g)], ids=lambda v: str(v))
 def test_every_option_composes_and_validates(group: str, option: str, tmp_home) -> None:
     cfg = compose_cfg([f"{group}={option}"])
-    parts = build_parts(cfg)
+    parts = build_run_config(cfg)
     assert parts.cell["seed"] == 0
 
 
 def test_defaults_are_the_paper_cell(tmp_home) -> None:
-    parts = build_parts(compose_cfg([]))
+    parts = build_run_config(compose_cfg([]))
     assert parts.cell == {"attack": "badnets", "dataset": "cifar10", "arch": "resnet18", "defense": "rnp", "seed": 0}
 
 
@@ -39,11 +40,15 @@ def test_defaults_are_the_paper_cell(tmp_home) -> None:
         ("+defense.bogus=1", "unexpected keyword argument 'bogus'"),
         ("arch.name=resnet183", "Unknown architecture 'resnet183'; choose from"),
         ("seed=-1", "seed=-1 is invalid"),
+        ("seed=4294967296", "seed=4294967296 is invalid: expected an integer in [0, 4294967295]"),
+        ("threads=0", "threads=0 is invalid: expected an integer >= 1"),
+        ("eval.batch_size=0", "batch_size=0 is out of range"),
+        ("precision=fp16", "precision='fp16' is invalid: choose from auto, fp32, bf16"),
     ],
 )
 def test_bad_values_fail_with_the_value_and_the_range(override: str, needle: str, tmp_home) -> None:
     with pytest.raises(ConfigError) as err:
-        build_parts(compose_cfg([override]))
+        build_run_config(compose_cfg([override]))
     assert needle in str(err.value)
 
 
@@ -64,4 +69,29 @@ def test_specialisation_files_name_real_options_and_apply(path, tmp_home) -> Non
     cfg = compose_cfg([f"{group}={option}", f"dataset={dataset}"])
     specialised = OmegaConf.load(path)
     assert all(cfg[group][k] == v for k, v in specialised.items()), path
-    build_parts(cfg)
+    build_run_config(cfg)
+
+
+def test_a_yaml_whose_name_differs_from_its_file_name_is_refused(tmp_home) -> None:
+    cfg = compose_cfg([])
+    with pytest.raises(ConfigError, match=r"attack=badnets2 but conf/attack/badnets2.yaml says name: badnets"):
+        build_run_config(
+            cfg, choices={"attack": "badnets2", "dataset": "cifar10", "arch": "resnet18", "defense": "rnp"}
+        )
+    key = build_run_config(cfg, choices={"attack": "badnets", "dataset": "cifar10"}).key
+    assert key.model_key() == "cifar10/resnet18/badnets" and key.label() == "badnets-cifar10-resnet18-rnp-0"
+
+
+def test_unwritable_output_paths_are_refused_before_any_work(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=r"paths.cache=.*file/models cannot be created: .*file is a file"):
+        check_writable(blocker / "models", "paths.cache")
+    check_writable(tmp_path / "new" / "dir", "paths.cache")  # creatable: fine
+
+
+def test_invalid_yaml_in_an_extra_zoo_file_is_named(tmp_path) -> None:
+    bad = tmp_path / "lab_zoo.yaml"
+    bad.write_text("key: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"zoo registry .*lab_zoo.yaml is not valid YAML"):
+        load_registry([bad])

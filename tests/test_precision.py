@@ -14,7 +14,8 @@ from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import predict
 from benchmark.core.training import TrainRecipe, train_classifier
-from benchmark.run.cell import build_parts, clean_model_path, model_cache_path
+from benchmark.run.config import build_run_config
+from benchmark.run.model import clean_model_path, model_cache_path
 from benchmark.run.runtime import setup_runtime
 from defenses.base import DefenseData
 from defenses.rnp import RNP
@@ -78,7 +79,7 @@ def test_rnp_learns_masks_in_bf16_on_the_cpu(restore_precision: None) -> None:
 
 
 def test_bf16_trained_models_are_cached_apart_from_fp32_ones(restore_precision: None) -> None:
-    parts, cpu, root = build_parts(compose_cfg(FAST)), torch.device("cpu"), Path("/cache")
+    parts, cpu, root = build_run_config(compose_cfg(FAST)), torch.device("cpu"), Path("/cache")
     paths = {}
     for choice in ("auto", "fp32", "bf16"):
         precision.set_precision(choice)

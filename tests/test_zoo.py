@@ -16,8 +16,9 @@ from hydra import compose, initialize_config_dir
 from benchmark.core.archs import build_arch
 from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
 from benchmark.core.errors import ConfigError
+from benchmark.run.config import build_run_config
 from benchmark.run.export import export_cell, log_artifact
-from benchmark.run.cell import build_parts, new_model, zoo_key, zoo_settings
+from benchmark.run.model import new_model, zoo_settings
 from benchmark.run.runtime import setup_runtime
 from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
 from benchmark.weights.zoo import ZooMismatchError, load_registry, model_from_zoo
@@ -42,7 +43,9 @@ def sha(data: bytes) -> str:
 
 
 def _zoo_model(parts):
-    return model_from_zoo(parts.model, zoo_key(parts), zoo_settings(parts), parts.attack, lambda: new_model(parts, CPU))
+    return model_from_zoo(
+        parts.model, parts.key.model_key(), zoo_settings(parts), parts.attack, lambda: new_model(parts, CPU)
+    )
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -101,9 +104,9 @@ def _state(parts) -> dict[str, torch.Tensor]:
 
 
 def test_zoo_model_is_fetched_verified_loaded_and_cached(tmp_home, server, tmp_path) -> None:
-    parts = build_parts(compose_cfg(SMALL))
+    parts = build_run_config(compose_cfg(SMALL))
     state = _state(parts)
-    parts = build_parts(compose_cfg([*_small_entry(tmp_path, server, {"state_dict": state}), "model.source=zoo"]))
+    parts = build_run_config(compose_cfg([*_small_entry(tmp_path, server, {"state_dict": state}), "model.source=zoo"]))
     got = _zoo_model(parts)
     assert got is not None and got.sha256 == sha(server.files["m.pt"])
     assert all(torch.equal(state[k], v) for k, v in got.model.net.state_dict().items())
@@ -114,27 +117,27 @@ def test_zoo_model_is_fetched_verified_loaded_and_cached(tmp_home, server, tmp_p
 def test_auto_falls_back_with_one_line_when_the_zoo_is_unreachable(tmp_home, server, tmp_path, caplog) -> None:
     overrides = [*_small_entry(tmp_path, server, {"state_dict": {}}), "model.retries=0"]
     server.close()
-    parts = build_parts(compose_cfg(overrides))
+    parts = build_run_config(compose_cfg(overrides))
     with caplog.at_level(logging.INFO, logger="benchmark.weights.zoo"):
         assert _zoo_model(parts) is None
     lines = [r.getMessage() for r in caplog.records if r.name == "benchmark.weights.zoo"]
     assert len(lines) == 1
     assert lines[0].startswith("model: zoo entry embedded/convnet/badnets not usable (Could not download")
     assert lines[0].endswith("model.source=auto: using the cache, else training")
-    parts = build_parts(compose_cfg([*overrides, "model.source=zoo"]))
+    parts = build_run_config(compose_cfg([*overrides, "model.source=zoo"]))
     with pytest.raises(FetchError, match="save it as"):
         _zoo_model(parts)
 
 
 def test_integrity_failures_stop_the_run_even_in_auto(tmp_home, server, tmp_path) -> None:
-    parts = build_parts(compose_cfg(SMALL))
+    parts = build_run_config(compose_cfg(SMALL))
     overrides = _small_entry(tmp_path, server, {"state_dict": _state(parts)}, sha256="ab" * 32)
     with pytest.raises(ChecksumError, match="it is not the published file"):
-        _zoo_model(build_parts(compose_cfg(overrides)))
+        _zoo_model(build_run_config(compose_cfg(overrides)))
     sentinel = tmp_path / "pwned"
     overrides = _small_entry(tmp_path, server, {"state_dict": _state(parts), "x": Payload(sentinel)})
     with pytest.raises(UnsafeCheckpointError, match="unsupported global exec"):
-        _zoo_model(build_parts(compose_cfg(overrides)))
+        _zoo_model(build_run_config(compose_cfg(overrides)))
     assert not sentinel.exists()
 
 
@@ -142,29 +145,29 @@ def test_wrong_keys_fall_back_in_auto_and_fail_in_zoo(tmp_home, server, tmp_path
     wide = build_arch("convnet", 10, 1, width=16, stem_stride=2).state_dict()
     overrides = _small_entry(tmp_path, server, wide)
     with caplog.at_level(logging.WARNING, logger="benchmark.weights.zoo"):
-        assert _zoo_model(build_parts(compose_cfg(overrides))) is None
+        assert _zoo_model(build_run_config(compose_cfg(overrides))) is None
     assert "does not fit the model: wrong shape" in caplog.text
     with pytest.raises(CheckpointError, match=r"wrong shape \(\d+\): .*\(16, 1, 3, 3\) vs model \(8, 1, 3, 3\)"):
-        _zoo_model(build_parts(compose_cfg([*overrides, "model.source=zoo"])))
+        _zoo_model(build_run_config(compose_cfg([*overrides, "model.source=zoo"])))
 
 
 def test_entry_trained_under_other_settings_is_not_used(tmp_home, server, tmp_path, caplog) -> None:
     overrides = _small_entry(tmp_path, server, {"state_dict": {}})
     with pytest.raises(ZooMismatchError, match=r"trained with attack.poison_rate=0.1 \(this cell: 0.05\)"):
-        _zoo_model(build_parts(compose_cfg([*overrides, "model.source=zoo", "attack.poison_rate=0.05"])))
+        _zoo_model(build_run_config(compose_cfg([*overrides, "model.source=zoo", "attack.poison_rate=0.05"])))
     with caplog.at_level(logging.WARNING, logger="benchmark.weights.zoo"):
-        assert _zoo_model(build_parts(compose_cfg([*overrides, "attack.target=3"]))) is None
+        assert _zoo_model(build_run_config(compose_cfg([*overrides, "attack.target=3"]))) is None
     assert "attack.target=0 (this cell: 3)" in caplog.text and server.requests == []
 
 
 def test_train_never_asks_the_zoo_and_zoo_needs_an_entry(tmp_home, server, tmp_path) -> None:
     overrides = _small_entry(tmp_path, server, {"state_dict": {}})
-    assert _zoo_model(build_parts(compose_cfg([*overrides, "model.source=train"]))) is None
+    assert _zoo_model(build_run_config(compose_cfg([*overrides, "model.source=train"]))) is None
     assert server.requests == []
     with pytest.raises(ConfigError, match="no entry embedded/convnet/badnets; entries: cifar10/resnet18/badnets"):
-        _zoo_model(build_parts(compose_cfg([*SMALL, "model.source=zoo"])))
+        _zoo_model(build_run_config(compose_cfg([*SMALL, "model.source=zoo"])))
     with pytest.raises(ConfigError, match="source='cloud' is invalid"):
-        build_parts(compose_cfg([*SMALL, "model.source=cloud"]))
+        build_run_config(compose_cfg([*SMALL, "model.source=cloud"]))
 
 
 # --- the RNP entry, with a local server standing in for Google Drive -------------------------------
@@ -187,7 +190,7 @@ def test_rnp_entry_takes_the_badnets_checkpoint_from_an_archive_of_several(tmp_h
         zf.writestr("RNP/README.txt", b"weights")
     server.files[RNP_ID] = archive.read_bytes()
     monkeypatch.setenv(GDRIVE_ENV, server.base + "/{id}")
-    parts = build_parts(compose_cfg(["model.source=zoo"]))  # the paper cell: cifar10 / resnet18 / badnets
+    parts = build_run_config(compose_cfg(["model.source=zoo"]))  # the paper cell: cifar10 / resnet18 / badnets
     with caplog.at_level(logging.INFO):
         got = _zoo_model(parts)
     assert got is not None

@@ -17,7 +17,7 @@ import logging
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 import torch
@@ -30,6 +30,9 @@ from benchmark.core.errors import BenchmarkError
 from benchmark.core.io import atomic_torch_save, atomic_write_text
 from benchmark.run.record import versions
 from benchmark.run.runtime import CONF_DIR, runtime_from_config
+
+if TYPE_CHECKING:
+    from benchmark.run.config import RunConfig
 
 log = logging.getLogger("benchmark.export")
 
@@ -47,7 +50,7 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=str))
 
 
-def build_entry(parts: Any, metrics: dict[str, float], file: str, digest: str, url: str | None) -> dict[str, Any]:
+def build_entry(parts: RunConfig, metrics: dict[str, float], file: str, digest: str, url: str | None) -> dict[str, Any]:
     """The registry entry for an exported checkpoint: where it lives, its hash and what it was trained with."""
     c, ds = parts.cell, parts.dataset
     v = versions()
@@ -81,14 +84,16 @@ def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
     """Obtain (cache or train), evaluate and write the cell's backdoored model and its registry entry."""
     from attacks.poison import triggered_test
     from benchmark.core.evaluate import evaluate
-    from benchmark.run.cell import build_parts, obtain_model, prepare_data
+    from benchmark.run.cell import prepare_data
+    from benchmark.run.config import build_run_config
+    from benchmark.run.model import obtain_model
 
-    parts = build_parts(cfg)
+    parts = build_run_config(cfg)
     parts.model = dataclasses.replace(parts.model, source="train")  # export our own model, never a zoo one
-    data = prepare_data(parts, Path(cfg.paths.data), device)
-    model, source, _ = obtain_model(parts, data, Path(cfg.paths.cache), device)
+    data = prepare_data(parts, device)
+    model, source, _ = obtain_model(parts, data, device)
     triggered = triggered_test(data.splits.test, parts.attack, parts.dataset.num_classes)
-    metrics = evaluate(model, data.splits.test, triggered, parts.eval_batch).as_dict()
+    metrics = evaluate(model, data.splits.test, triggered, parts.eval.batch_size).as_dict()
     c = parts.cell
     key = f"{c['dataset']}/{c['arch']}/{c['attack']}"
     name = f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}"

@@ -1,4 +1,4 @@
-"""What a cell leaves behind: result.json (schema 1, see DESIGN.md), the curve CSV, versions."""
+"""What a cell leaves behind: result.json (schema 1, see DESIGN.md) assembled and checked here, the curve CSV."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 import benchmark
+from benchmark.core.evaluate import Metrics, der
 from benchmark.core.io import atomic_write_json, atomic_write_text
 
 SCHEMA = 1
@@ -53,6 +54,39 @@ def clean_floats(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [clean_floats(v) for v in obj]
     return obj
+
+
+MODEL_META_KEYS = ("train_seconds", "attack_prepare_seconds", "poisoned", "cover", "zoo", "runtime")
+
+
+def assemble_result(
+    cell: dict[str, Any],
+    model: tuple[str, dict[str, Any]],
+    before: Metrics,
+    after: Metrics,
+    defense_info: dict[str, Any],
+    curve_rows: list[dict[str, Any]],
+    timing: dict[str, float],
+    config: dict[str, Any],
+    runtime: dict[str, Any],
+) -> dict[str, Any]:
+    """result.json's content, in its documented order; `model` is (source, the model's metadata)."""
+    source, meta = model
+    return {
+        "schema": SCHEMA,
+        "cell": cell,
+        "model_source": source,
+        "model_sha256": meta.get("sha256"),
+        "before": before.as_dict(),
+        "after": after.as_dict(),
+        "der": der(before, after),
+        "defense_info": {**defense_info, "curve": curve_rows} if curve_rows else defense_info,
+        "timing_s": timing,
+        "config": config,
+        "versions": versions(),
+        "runtime": runtime,
+        "model_meta": {k: meta.get(k) for k in MODEL_META_KEYS},
+    }
 
 
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:

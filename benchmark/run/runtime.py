@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 import numpy as np
 import torch
@@ -13,9 +14,18 @@ from omegaconf import DictConfig
 
 from benchmark import CONF_DIR
 from benchmark.core.errors import ConfigError
-from benchmark.core.precision import set_precision, warn_if_slow
+from benchmark.core.precision import PRECISIONS, resolved, set_precision, warn_if_slow
 
-__all__ = ["CONF_DIR", "runtime_from_config", "select_device", "setup_runtime"]
+__all__ = [
+    "CONF_DIR",
+    "check_settings",
+    "runtime_from_config",
+    "runtime_info",
+    "select_device",
+    "setup_runtime",
+]
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seed range: every stream of a run comes from this one value
 
 
 def select_device(name: str) -> torch.device:
@@ -48,7 +58,37 @@ def setup_runtime(seed: int, device_name: str, threads: int | None = None, preci
     return device
 
 
+def _int_in(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
+    return value
+
+
+def check_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
+    threads = cfg.get("threads")
+    precision, resume = cfg.get("precision", "auto"), cfg.get("resume", True)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is invalid: choose from {', '.join(PRECISIONS)}")
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
+    return {
+        "seed": _int_in(cfg.get("seed", 0), "seed", *SEED_RANGE),
+        "threads": None if threads is None else _int_in(threads, "threads", 1),
+        "device": str(cfg.get("device", "auto")),
+        "precision": precision,
+        "resume": resume,
+        "sweep_name": str(cfg.get("sweep_name", "default")),
+    }
+
+
 def runtime_from_config(cfg: DictConfig, device_name: str | None = None) -> torch.device:
-    """`setup_runtime` with the config's seed, device (unless a sweep job claimed one), threads and precision."""
-    seed = cfg.seed if isinstance(cfg.seed, int) else 0  # a bad seed is reported, naming it, by build_parts
-    return setup_runtime(seed, device_name or cfg.device, cfg.get("threads"), cfg.get("precision", "auto"))
+    """`setup_runtime` with the config's checked seed, device (unless a sweep job claimed one), threads, precision."""
+    s = check_settings(cfg)
+    return setup_runtime(s["seed"], device_name or s["device"], s["threads"], s["precision"])
+
+
+def runtime_info(device: torch.device) -> dict[str, Any]:
+    """How the numbers were computed: device, precision and CPU threads (they move the last digits)."""
+    return {"device": str(device), "precision": resolved(device), "torch_threads": torch.get_num_threads()}

@@ -29,10 +29,10 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.errors import BenchmarkError
 from benchmark.core.io import atomic_write_json
 from benchmark.run.record import SCHEMA, clean_floats, result_problems, versions
-from benchmark.run.runtime import CONF_DIR, runtime_from_config
+from benchmark.run.runtime import CONF_DIR, check_settings, runtime_from_config
 
 log = logging.getLogger("benchmark")
 
@@ -188,10 +188,7 @@ def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path
     """Run one cell of a sweep; returns "skipped", "done" or "failed" (a failure never raises)."""
     start = time.perf_counter()
     try:
-        resume = cfg.get("resume", True)
-        if not isinstance(resume, bool):
-            raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
-        if resume:
+        if check_settings(cfg)["resume"]:
             done, why = resume_check(run_dir, OmegaConf.to_container(cfg, resolve=True))
             if done:
                 log.info("resume: skipping %s: %s", run_dir, why)

@@ -122,7 +122,10 @@ def load_registry(extra: Iterable[str | Path] = ()) -> dict[str, ZooEntry]:
         path = Path(path).expanduser()
         if not path.is_file():
             raise ConfigError(f"zoo registry {path} does not exist (model.zoo_files)")
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"zoo registry {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"zoo registry {path} must map 'dataset/arch/attack' keys to entries")
         for key, spec in data.items():

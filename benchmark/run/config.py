@@ -1,0 +1,226 @@
+"""The run config, typed and checked once: every value a cell, a sweep job or export reads comes from here.
+
+`build_run_config` turns Hydra's composed config into a `RunConfig` before any work starts, so a bad value
+stops the run naming the value and what is allowed. `CellKey` (dataset, arch, attack, defense, seed) is the
+one frozen identity of a cell, used by the cell, the sweep, the record, the report and the zoo.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from attacks.base import Attack
+from benchmark.core.archs import arch_names
+from benchmark.core.augment import AugmentSpec
+from benchmark.core.errors import ConfigError
+from benchmark.core.training import TrainRecipe
+from benchmark.core.validation import Checked, bounded
+from benchmark.run.loggers import LoggerConfig
+from benchmark.run.runtime import check_settings
+from benchmark.weights.zoo import ModelSource
+from defenses.base import Defense
+
+# The groups whose chosen option names the cell; a YAML's `name:` must agree with its file name.
+KEY_GROUPS = ("attack", "dataset", "arch", "defense")
+
+
+@dataclass(frozen=True)
+class CellKey:
+    """A cell's coordinates, in result.json's order."""
+
+    attack: str
+    dataset: str
+    arch: str
+    defense: str
+    seed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def model_key(self) -> str:
+        """The zoo's key for the cell's backdoored model: `dataset/arch/attack`."""
+        return f"{self.dataset}/{self.arch}/{self.attack}"
+
+    def label(self) -> str:
+        return "-".join(str(v) for v in asdict(self).values())
+
+
+@dataclass
+class DatasetConfig(Checked):
+    name: str
+    num_classes: int = bounded(10, 2)
+    channels: int = bounded(3, 1)
+    size: int = bounded(32, 8)
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+    reserve: int = bounded(1000, 0)
+    split_seed: int = 0
+    train_limit: int | None = bounded(None, 1)
+    test_limit: int | None = bounded(None, 1)
+    download: bool = True
+    augment: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ArchConfig(Checked):
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PathsConfig(Checked):
+    root: str
+    data: str
+    cache: str
+
+
+@dataclass
+class DefenseDataConfig(Checked):
+    size: int = bounded(500, 1)
+
+
+@dataclass
+class EvalConfig(Checked):
+    batch_size: int = bounded(512, 1)
+
+
+@dataclass
+class RunConfig:
+    """Everything a run reads, built and validated from the composed config before any work starts."""
+
+    key: CellKey
+    dataset: DatasetConfig
+    augment: AugmentSpec
+    arch: ArchConfig
+    attack: Attack
+    defense: Defense
+    recipe: TrainRecipe
+    logger: LoggerConfig
+    model: ModelSource
+    paths: PathsConfig
+    defense_data: DefenseDataConfig
+    eval: EvalConfig
+    device: str = "auto"
+    threads: int | None = None
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    resume: bool = True
+    sweep_name: str = "default"
+
+    @property
+    def seed(self) -> int:
+        return self.key.seed
+
+    @property
+    def cell(self) -> dict[str, Any]:
+        return self.key.as_dict()
+
+
+def _plain(node: Any) -> dict[str, Any]:
+    out = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(out, dict):
+        raise ConfigError(f"expected a mapping, got {out!r}")
+    out.pop("_target_", None)
+    return out
+
+
+def _build(node: DictConfig, base: type) -> Any:
+    """Instantiate a `_target_` node (minus its `name`) and check that it is a `base`."""
+    params = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(params, dict):
+        raise ConfigError(f"{base.__name__} config must be a mapping, got {params!r}")
+    params.pop("name", None)
+    target = params.pop("_target_", None)
+    if target is None:
+        raise ConfigError(f"{base.__name__} config has no _target_")
+    cls = get_class(target)
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"_target_={target!r} is not a {base.__name__}")
+    try:
+        return cls(**params)
+    except TypeError as exc:  # unknown or missing parameter names
+        raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _typed(cls: type, node: Any, what: str) -> Any:
+    """`cls(**node)`, with unknown or missing keys reported as a config error naming the node."""
+    try:
+        return cls(**_plain(node))
+    except TypeError as exc:
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def hydra_choices() -> Mapping[str, Any] | None:
+    """The option chosen in each config group, when running under Hydra (None when composed by hand)."""
+    return HydraConfig.get().runtime.choices if HydraConfig.initialized() else None
+
+
+def cell_key(cfg: DictConfig, seed: int, choices: Mapping[str, Any] | None) -> CellKey:
+    """The cell's coordinates: Hydra's chosen options, which each YAML's `name:` must repeat.
+
+    A copied YAML that kept another file's `name:` would otherwise file its results (and cached model)
+    under the wrong cell. Without Hydra's choices (a config composed in code), the `name:` fields are used.
+    """
+    names = {g: str(cfg[g].name) for g in KEY_GROUPS}
+    if choices is not None:
+        for g in KEY_GROUPS:
+            chosen = choices.get(g)
+            if chosen is not None and str(chosen) != names[g]:
+                raise ConfigError(
+                    f"{g}={chosen} but conf/{g}/{chosen}.yaml says name: {names[g]}; "
+                    f"a config's name must be its file name (rename the file or fix its name:)"
+                )
+    return CellKey(seed=seed, **{g: names[g] for g in KEY_GROUPS})
+
+
+def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> RunConfig:
+    """Validate the whole config up front: bad values fail here, naming the value and what is allowed."""
+    scalars = check_settings(cfg)
+    seed = scalars.pop("seed")
+    dataset = _typed(DatasetConfig, cfg.dataset, "dataset")
+    if len(dataset.mean) != dataset.channels or len(dataset.std) != dataset.channels:
+        raise ConfigError(f"dataset {dataset.name}: mean/std need {dataset.channels} entries")
+    attack = _build(cfg.attack, Attack)
+    attack.check_dataset(dataset.num_classes)
+    defense_data = _typed(DefenseDataConfig, cfg.defense_data, "defense_data")
+    if defense_data.size > dataset.reserve:
+        raise ConfigError(
+            f"defense_data.size={defense_data.size} is out of range: allowed [1, dataset.reserve={dataset.reserve}]"
+        )
+    arch = _typed(ArchConfig, cfg.arch, "arch")
+    if arch.name not in arch_names():
+        raise ConfigError(f"Unknown architecture {arch.name!r}; choose from {', '.join(arch_names())}")
+    return RunConfig(
+        key=cell_key(cfg, seed, choices if choices is not None else hydra_choices()),
+        dataset=dataset,
+        augment=AugmentSpec(**dataset.augment),
+        arch=arch,
+        attack=attack,
+        defense=_build(cfg.defense, Defense),
+        recipe=_typed(TrainRecipe, cfg.train, "train"),
+        logger=_typed(LoggerConfig, cfg.logger, "logger"),
+        model=_typed(ModelSource, cfg.model, "model") if "model" in cfg else ModelSource(),
+        paths=_typed(PathsConfig, cfg.paths, "paths"),
+        defense_data=defense_data,
+        eval=_typed(EvalConfig, cfg.eval, "eval"),
+        **scalars,
+    )
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Fail before any work when `path` (a directory to write into) cannot be created or written."""
+    path = Path(path).expanduser()
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{what}={path} cannot be created: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}={path} is not writable: no write permission on {probe}")

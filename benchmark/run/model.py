@@ -1,0 +1,205 @@
+"""Where a cell's backdoored model comes from: the zoo, the model cache, or training it (then caching it).
+
+Cache keys hold everything that determines a trained model (dataset and split, augmentation, arch,
+recipe, seed, the attack and its parameters, bf16), so every defense cell of a grid shares one model.
+Attacks that start from a clean model (TrojanNN, CL, FC, AWP) get it from the same cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks.base import AttackContext
+from attacks.poison import poison_for_training, triggered_test
+from benchmark.core.archs import build_classifier
+from benchmark.core.data import DataSplits, ImageSet
+from benchmark.core.download.fetch import sha256_file
+from benchmark.core.evaluate import evaluate
+from benchmark.core.precision import resolved
+from benchmark.core.training import RUNTIME_FIELDS, train_classifier
+from benchmark.run.config import RunConfig
+from benchmark.run.runtime import runtime_info
+from benchmark.weights.model_cache import TrainOutcome, cache_key, load_or_train
+from benchmark.weights.zoo import model_from_zoo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Streams:
+    """The cell's random streams, each named for what it draws; all come from the one seed.
+
+    Each call returns a fresh generator, so one stream's use never shifts another's draws.
+    """
+
+    seed: int
+
+    def defense_subset(self) -> torch.Generator:
+        """Which reserve images become the defense data."""
+        return torch.Generator().manual_seed(self.seed)
+
+    def poison(self) -> torch.Generator:
+        """Which training images are poisoned (and covered)."""
+        return torch.Generator().manual_seed(self.seed)
+
+    def attack(self, device: torch.device) -> torch.Generator:
+        """What an attack draws while preparing (learned triggers, generators)."""
+        return torch.Generator(device).manual_seed(self.seed + 1)
+
+    def train(self, device: torch.device) -> torch.Generator:
+        """Batch order and augmentation of model training (backdoored or clean)."""
+        return torch.Generator(device).manual_seed(self.seed)
+
+    def defense(self, device: torch.device) -> torch.Generator:
+        """What the defense draws (batches, noise)."""
+        return torch.Generator(device).manual_seed(self.seed)
+
+
+@dataclass
+class CellData:
+    """The clean data of a cell; the poisoned training set is built only when a model must be trained."""
+
+    splits: DataSplits
+    defense: ImageSet
+
+
+def _cache_parts(rc: RunConfig, device: torch.device) -> dict[str, Any]:
+    """Everything except the attack that determines a trained model.
+
+    bf16 training gives another model than fp32, so it is part of the key; fp32 is left out, which keeps the
+    keys of models cached before precision was a setting (the device is left out: its kernels differ in the
+    last bits only).
+    """
+    ds = rc.dataset
+    key = {
+        "dataset": {k: getattr(ds, k) for k in ("name", "reserve", "split_seed", "train_limit", "size")},
+        "augment": asdict(rc.augment),
+        "arch": asdict(rc.arch),
+        "train": {k: v for k, v in asdict(rc.recipe).items() if k not in RUNTIME_FIELDS},
+        "seed": rc.seed,
+    }
+    if resolved(device) == "bf16":
+        key["precision"] = "bf16"
+    return key
+
+
+def model_cache_path(rc: RunConfig, cache_dir: Path, device: torch.device) -> Path:
+    key = cache_key(
+        {**_cache_parts(rc, device), "attack": {"class": type(rc.attack).__qualname__, **asdict(rc.attack)}}
+    )
+    c = rc.key
+    return Path(cache_dir).expanduser() / f"{c.dataset}-{c.arch}-{c.attack}-seed{c.seed}-{key}.pt"
+
+
+def clean_model_path(rc: RunConfig, cache_dir: Path, device: torch.device) -> Path:
+    key = cache_key({**_cache_parts(rc, device), "attack": None})
+    c = rc.key
+    return Path(cache_dir).expanduser() / f"{c.dataset}-{c.arch}-clean-seed{c.seed}-{key}.pt"
+
+
+def new_model(rc: RunConfig, device: torch.device) -> nn.Module:
+    """An untrained model of the cell's architecture on `device`."""
+    ds = rc.dataset
+    model = build_classifier(rc.arch.name, ds.num_classes, ds.channels, ds.mean, ds.std, **rc.arch.kwargs)
+    return model.to(device, memory_format=torch.channels_last)
+
+
+def zoo_settings(rc: RunConfig) -> dict[str, Any]:
+    """The cell's settings as the zoo compares them with an entry's: attack params, arch kwargs, dataset fields."""
+    settings = {f"attack.{k}": v for k, v in asdict(rc.attack).items()}
+    settings.update({f"arch.kwargs.{k}": v for k, v in rc.arch.kwargs.items()})
+    settings.update({f"dataset.{k}": v for k, v in asdict(rc.dataset).items()})
+    return settings
+
+
+def clean_model(rc: RunConfig, data: CellData, device: torch.device) -> nn.Module:
+    """A clean model trained on the clean training split (cached): the start of TrojanNN, CL, FC and AWP."""
+    meta = {"cell": {**{k: v for k, v in rc.cell.items() if k != "defense"}, "attack": "clean"}}
+    train_data = data.splits.train
+
+    def train(m: nn.Module) -> TrainOutcome:
+        start = time.perf_counter()
+        gen = Streams(rc.seed).train(device)
+        history = train_classifier(m, train_data.to(device), rc.recipe, rc.augment, gen, desc="clean training")
+        return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}, {}
+
+    path = clean_model_path(rc, Path(rc.paths.cache), device)
+    model, source, _, _ = load_or_train(path, new_model(rc, device), train, meta)
+    log.info("clean model for %s: %s", rc.key.attack, source)
+    return model.to(device).eval()
+
+
+def train_backdoored(rc: RunConfig, data: CellData, device: torch.device) -> Any:
+    """The training function for the backdoored model: prepare the attack, poison, train, keep the trigger."""
+    attack, ds, streams = rc.attack, rc.dataset, Streams(rc.seed)
+
+    def train(m: nn.Module) -> TrainOutcome:
+        ctx = AttackContext(
+            train=data.splits.train,
+            num_classes=ds.num_classes,
+            augment=rc.augment,
+            recipe=rc.recipe,
+            device=device,
+            gen=streams.attack(device),
+            clean_model=lambda: clean_model(rc, data, device),
+            new_model=lambda: new_model(rc, device),
+        )
+        start = time.perf_counter()
+        attack.prepare(ctx)
+        prepare_seconds = time.perf_counter() - start
+        poisoned = poison_for_training(data.splits.train, attack, ds.num_classes, streams.poison())
+        log.info(
+            "poisoned training set: %d images, %d poisoned, %d cover",
+            len(poisoned.images),
+            len(poisoned.index),
+            len(poisoned.cover),
+        )
+        start = time.perf_counter()
+        history = train_classifier(
+            m,
+            poisoned.images.to(device),
+            attack.adjust_recipe(rc.recipe),
+            rc.augment,
+            streams.train(device),
+            hook=attack.train_hook(ctx),
+            desc="backdoor training",
+            monitor=lambda model: _test_metrics(model, rc, data),
+        )
+        meta = {
+            "train_history": history,
+            "train_seconds": round(time.perf_counter() - start, 3),
+            "attack_prepare_seconds": round(prepare_seconds, 3),
+            "poisoned": len(poisoned.index),
+            "cover": len(poisoned.cover),
+            "runtime": runtime_info(device),
+        }
+        return meta, attack.trigger_state()
+
+    return train
+
+
+def _test_metrics(model: nn.Module, rc: RunConfig, data: CellData) -> dict[str, float]:
+    """Test metrics of the model in training, for its history only (`train.eval_every`, off by default)."""
+    triggered = triggered_test(data.splits.test, rc.attack, rc.dataset.num_classes)
+    metrics = evaluate(model, data.splits.test, triggered, rc.eval.batch_size)
+    return {f"test_{k}": v for k, v in metrics.as_dict().items()}
+
+
+def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> tuple[nn.Module, str, dict]:
+    """The backdoored model, with the attack's trigger state restored: from the zoo, the cache, else trained."""
+    zoo = model_from_zoo(rc.model, rc.key.model_key(), zoo_settings(rc), rc.attack, lambda: new_model(rc, device))
+    if zoo is not None:
+        return zoo.model.to(device), "zoo", zoo.meta
+    meta = {"cell": {k: v for k, v in rc.cell.items() if k != "defense"}}
+    path = model_cache_path(rc, Path(rc.paths.cache), device)
+    model, source, meta, trigger = load_or_train(path, new_model(rc, device), train_backdoored(rc, data, device), meta)
+    if source == "cache":
+        rc.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
+    return model.to(device), source, {**meta, "sha256": sha256_file(path)}

@@ -1,0 +1,76 @@
+"""One table of what each option of the method and data groups costs the test suites, and what it must show.
+
+Adding an attack, defense, dataset or architecture means adding its row here (`test_budgets` fails until
+there is one); from then on the parametrised tests run it for free: its debug smoke run in the fast or
+slow suite, its shrunk efficacy run, and its implant bar.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Budget:
+    """speed: the suite the option's end-to-end debug run belongs to (slow: over ~10 s on 2 cores).
+
+    shrink: overrides for the shortest run that still reaches every code path (on top of `debug=default`).
+    efficacy: defenses: overrides for the fast test that removes a planted backdoor (fewer iterations only).
+    min_asr: attacks: the ASR the slow implant test must exceed (chance is about 0.1).
+    offline: whether the data is on this machine without a download (datasets).
+    """
+
+    speed: Literal["fast", "slow"] = "fast"
+    shrink: tuple[str, ...] = ()
+    efficacy: tuple[str, ...] = ()
+    min_asr: float | None = None
+    offline: bool = True
+
+
+BUDGETS: dict[str, dict[str, Budget]] = {
+    "attack": {
+        "badnets": Budget(min_asr=0.8),  # the session fixture's barely-learned backdoor (tests/conftest.py)
+        "blend": Budget(min_asr=0.9),
+        "sig": Budget(min_asr=0.9),
+        "wanet": Budget(min_asr=0.8),  # its subtle warp needs 10 epochs on the embedded data
+        "ablend": Budget(min_asr=0.7),  # 5% payload + 5% cover: the paper's 0.3% would poison 12 of 4,000 images
+        "trojan": Budget(min_asr=0.8),  # retrains a clean model: needs the quickstart's data to implant
+        "cl": Budget(min_asr=0.5),
+        "fc": Budget(min_asr=0.3),
+        "awp": Budget(min_asr=0.7),
+        "dynamic": Budget(min_asr=0.7),  # trains a trigger generator with the classifier (6 s as a debug cell)
+        "lira": Budget(min_asr=0.7),  # alternates generator and classifier updates
+        "dfst": Budget(min_asr=0.7),  # trains its style generator first
+    },
+    "defense": {
+        "none": Budget(),
+        "rnp": Budget(efficacy=("defense.recover_epochs=10",)),
+        # 100 of 2000 iterations, pruning the 20 lowest of the tiny net's 160 masks (12%): in a probe ASR 0.95 ->
+        # 0.004 (0.01 at 150, 0.13 at 300 iterations); the fixed threshold 0.2 prunes only 3-10 channels of a net
+        # this small.
+        "anp": Budget(efficacy=("defense.iterations=100", "defense.selection=count", "defense.prune_count=20")),
+        "fp": Budget(efficacy=("defense.epochs=10",)),
+        "clp": Budget(),
+        "nad": Budget(efficacy=("defense.teacher_epochs=3", "defense.epochs=5")),  # of 10 / 20: ASR 0.95 -> 0.01
+        "ft": Budget(efficacy=("defense.epochs=10",)),
+        "ibau": Budget(efficacy=("defense.n_rounds=1",)),  # 1 of 5 rounds (~10 s): ASR 0.95 -> 0.15 in a probe
+    },
+    "dataset": {
+        "embedded": Budget(),
+        "fashion_mnist": Budget(speed="slow", offline=False),  # Debian's dataset-fashion-mnist, where installed
+        "cifar10": Budget(speed="slow", offline=False),
+        "cifar100": Budget(speed="slow", offline=False),
+        "gtsrb": Budget(speed="slow", offline=False),
+        "imagenet12": Budget(speed="slow", shrink=("arch=resnet18_imagenet",), offline=False),
+    },
+    "arch": {
+        "convnet": Budget(),
+        "resnet18": Budget(),  # at width 4 (conf/arch_debug): 4 s as a debug cell
+        "preact_resnet18": Budget(),
+        # no width setting: full-size nets, 8-90 s as a debug cell on 2 cores
+        "vgg16_bn": Budget(speed="slow"),
+        "mobilenet_v2": Budget(speed="slow"),
+        "resnet18_imagenet": Budget(speed="slow"),
+    },
+}
