@@ -39,6 +39,9 @@ from tests.test_checkpoint import Payload
 from tests.test_cli import run_cli
 from tests.test_sweep import TINY
 
+# Subprocesses run in a temp dir: import this checkout's code, not whichever one is installed editable.
+ROOT = str(Path(__file__).resolve().parent.parent)
+
 # ---------------------------------------------------------------- the model cache
 
 
@@ -139,11 +142,11 @@ def test_old_entry_that_does_not_load_is_moved_aside(tmp_path: Path) -> None:
 
 def test_cli_run_heals_a_truncated_cache_entry(tmp_path: Path) -> None:
     """The user's view: the second run warns once, rebuilds, exits 0, and no traceback is printed."""
-    first = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r1'}"], tmp_path)
+    first = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r1'}"], tmp_path, PYTHONPATH=ROOT)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
     (entry,) = (tmp_path / "bench" / "models").glob("*.pt")
     entry.write_bytes(entry.read_bytes()[:1000])
-    second = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r2'}"], tmp_path)
+    second = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r2'}"], tmp_path, PYTHONPATH=ROOT)
     out = second.stdout + second.stderr
     assert second.returncode == 0, out[-3000:]
     assert "Traceback" not in out and "weights_only" not in out
@@ -263,6 +266,7 @@ def test_partial_download_from_another_source_is_not_resumed(server, tmp_home: P
 def _interrupt(args: list[str], home: Path, wait_for: str, timeout: float = 240) -> tuple[int, str]:
     """Start `python -m <args>` in `home`, send SIGINT once `wait_for` is printed; (exit code, all output)."""
     env = {**os.environ, "HOME": str(home), "BENCHMARK_HOME": str(home / "bench"), "WANDB_MODE": "disabled"}
+    env["PYTHONPATH"] = ROOT
     proc = subprocess.Popen(
         [sys.executable, "-m", *args], cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
