@@ -140,6 +140,7 @@ def test_old_entry_that_does_not_load_is_moved_aside(tmp_path: Path) -> None:
     assert source == "trained" and len(list(path.parent.glob("*.corrupt-*.pt"))) == 1
 
 
+@pytest.mark.slow
 def test_cli_run_heals_a_truncated_cache_entry(tmp_path: Path) -> None:
     """The user's view: the second run warns once, rebuilds, exits 0, and no traceback is printed."""
     first = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r1'}"], tmp_path, PYTHONPATH=ROOT)
