@@ -1,7 +1,8 @@
 """A local HTTP server standing in for Google Drive and lab web servers in the download tests.
 
 Serves byte strings from memory on 127.0.0.1, honours `Range` (with `If-Range` against an ETag) like a
-real file host, and can misbehave on purpose: cut a transfer short, ignore ranges, or answer 404.
+real file host, and can misbehave on purpose: cut a transfer short, ignore ranges, answer 404, or
+dribble (a byte every few seconds, which never trips a read timeout).
 Every request is logged, so a test can tell whether a download happened.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -19,6 +21,7 @@ class FileServer:
     files: dict[str, bytes] = field(default_factory=dict)
     cut: dict[str, int] = field(default_factory=dict)  # path -> bytes sent before the connection drops
     no_range: set[str] = field(default_factory=set)  # paths whose server ignores Range
+    dribble: dict[str, float] = field(default_factory=dict)  # path -> seconds between single bytes
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
 
     def __post_init__(self) -> None:
@@ -73,7 +76,20 @@ class FileServer:
         end = len(body)
         if key in self.cut:
             end = min(end, start + self.cut.pop(key))  # misbehave once, then serve normally
+        if key in self.dribble:
+            self._dribble(h, body[start:end], self.dribble[key])
+            return
         h.wfile.write(body[start:end])
         h.wfile.flush()
         if end < len(body):
             h.close_connection = True
+
+    def _dribble(self, h: BaseHTTPRequestHandler, data: bytes, every_s: float) -> None:
+        """Send one byte every `every_s` seconds until the client hangs up (or the server closes)."""
+        for i in range(len(data)):
+            try:
+                h.wfile.write(data[i : i + 1])
+                h.wfile.flush()
+            except OSError:  # the client gave up: what a dribbling test wants
+                return
+            time.sleep(every_s)

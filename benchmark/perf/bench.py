@@ -48,7 +48,7 @@ from attacks.poison import poison_train_split, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import ImageSet, TriggeredSet
-from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.errors import BenchmarkError, ConfigError, stop_interrupted
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.io import atomic_write_json
 from benchmark.core.precision import PRECISIONS, resolved
@@ -502,9 +502,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise ConfigError(f"--threads={args.threads} is invalid: expected an integer >= 1")
         device = setup_runtime(args.seed, args.device, args.threads, args.precision)
         size = args.size or ("full" if device.type == "cuda" else "cpu-reduced")
+        print(f"perf: measuring the {size} workload on {device}", file=sys.stderr, flush=True)
         result = run(SIZES[size], device, args.seed, args.compile, args.profile)
     except BenchmarkError as exc:
         sys.exit(f"error: {exc}")
+    except KeyboardInterrupt:
+        stop_interrupted("the perf benchmark did not finish; nothing was written", "Rerun it to measure again.")
     if args.out is not None:
         atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

@@ -13,6 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.core.errors import stop_interrupted
 from benchmark.core.io import atomic_write_text
 from benchmark.report.markdown import first_line, markdown
 from benchmark.report.table import Cell, Group, Key, collect, columns, group_cells, summary_rows, to_csv
@@ -156,6 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        stop_interrupted(
+            f"the report of {args.dir} was not finished",
+            "Each file is written whole or not at all: rerun the command to write them all.",
+        )
     if args.wandb:
         log_to_wandb(report, args.dir, {"project": args.wandb_project}, args.wandb_group or args.dir.resolve().name)
     for path in report.files:

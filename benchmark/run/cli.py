@@ -12,7 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from benchmark.core.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.run.runtime import CONF_DIR, runtime_from_config
 
 log = logging.getLogger("benchmark")
@@ -34,6 +34,11 @@ def main(cfg: DictConfig) -> None:
     except BenchmarkError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except KeyboardInterrupt:
+        stop_interrupted(
+            f"cell {run_dir} did not finish and was not recorded",
+            "A rerun starts it again, reusing any model already cached and resuming an unfinished download.",
+        )
 
 
 if __name__ == "__main__":

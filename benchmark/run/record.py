@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -89,9 +91,22 @@ def assemble_result(
     }
 
 
+def content_digest(result: dict[str, Any]) -> str:
+    """`sha256:<hex>` of the canonical JSON of everything in `result` but its `digest`.
+
+    Stored in result.json so that resume and the report tell a file edited by hand (or torn) from the one
+    the cell wrote. Canonical: sorted keys, no whitespace, so reformatting the file does not change it.
+    """
+    body = {k: v for k, v in result.items() if k != "digest"}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
 def write_result(run_dir: Path, result: dict[str, Any]) -> Path:
+    """result.json, atomically, with the digest of its own content (computed on its JSON form)."""
     path = Path(run_dir) / "result.json"
-    atomic_write_json(path, clean_floats(result))
+    body = json.loads(json.dumps(clean_floats({k: v for k, v in result.items() if k != "digest"})))
+    atomic_write_json(path, {**body, "digest": content_digest(body)})
     return path
 
 
@@ -113,10 +128,13 @@ METRIC_KEYS = ("clean_acc", "asr", "robust_acc")
 def result_problems(result: Any) -> list[str]:
     """What keeps `result` from being a complete schema-1 result.json (empty when it is one).
 
-    Resume trusts a cell only when this is empty, and the report lists any other file as invalid.
+    Resume trusts a cell only when this is empty, and the report lists any other file as invalid. A file
+    with a `digest` must match it; one written before digests existed has none and is taken as it is.
     """
     if not isinstance(result, dict):
         return [f"expected a JSON object, got {type(result).__name__}"]
+    if "digest" in result and result["digest"] != content_digest(result):
+        return ["its content does not match its digest (edited by hand, or damaged)"]
     problems = [f"missing key {k!r}" for k in RESULT_KEYS if k not in result]
     if result.get("schema") != SCHEMA:
         problems.append(f"schema={result.get('schema')!r}, expected {SCHEMA}")

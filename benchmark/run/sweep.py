@@ -5,6 +5,8 @@ A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<ar
   skipped, so rerunning a sweep runs only what is missing, failed, was killed, or changed;
 - a cell that fails writes `failed.json` (error and traceback) instead of stopping the sweep; the report
   lists it and the sweep exits non-zero at the end (benchmark.report.ReportCallback);
+- a cell being run by another sweep into the same directory (its lock in `<sweep>/.locks/` is held) is
+  skipped with a log line, not run twice: a rerun of the sweep afterwards resumes it from that result;
 - with `device=auto` and several visible GPUs, each job holds one GPU (a lock file per GPU) for its run,
   so parallel jobs (joblib launcher, `n_jobs` = GPU count) never share one.
 """
@@ -29,7 +31,7 @@ from filelock import FileLock, Timeout
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from benchmark.core.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.core.io import atomic_write_json
 from benchmark.run.record import SCHEMA, clean_floats, result_problems, versions
 from benchmark.run.runtime import CONF_DIR, check_settings, runtime_from_config
@@ -47,6 +49,8 @@ IGNORED_KEYS = (
     "resume",
     "model.zoo_dir",
     "model.timeout_s",
+    "model.deadline_s",
+    "model.min_rate_kb_s",
     "model.retries",
 )
 
@@ -91,7 +95,7 @@ def resume_check(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
         return False, f"result.json is unreadable ({exc})"
     problems = result_problems(result)
     if problems:
-        return False, "result.json is incomplete: " + "; ".join(problems[:3])
+        return False, "result.json is incomplete or altered: " + "; ".join(problems[:3])
     changed = config_changes(result["config"], config)
     if changed:
         more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
@@ -184,8 +188,43 @@ def default_wandb_group(cfg: DictConfig, sweep_dir: Path) -> None:
             cfg.logger.group = Path(sweep_dir).name
 
 
+def cell_lock(run_dir: Path, sweep_dir: Path) -> FileLock:
+    """The lock a sweep holds on one cell while it checks, runs and records it (`<sweep>/.locks/cell-...lock`)."""
+    try:
+        rel = Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()).as_posix()
+    except ValueError:  # a run dir outside the sweep dir (a custom hydra.sweep.subdir)
+        rel = Path(run_dir).resolve().as_posix()
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", rel.replace("/", "__"))
+    lock_dir = Path(sweep_dir) / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(lock_dir / f"cell-{name}.lock"))
+
+
 def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path) -> str:
-    """Run one cell of a sweep; returns "skipped", "done" or "failed" (a failure never raises)."""
+    """Run one cell of a sweep; returns "skipped", "running" (elsewhere), "done" or "failed" (failures never raise).
+
+    A cell that another sweep is running is skipped rather than waited for: waiting would hold this job's
+    launcher slot (and GPU) idle for as long as that cell takes, and a rerun picks its result up anyway.
+    Ctrl-C stops the sweep with one line and exit code 130; a rerun resumes it.
+    """
+    lock = cell_lock(run_dir, sweep_dir)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.info("sweep: skipping %s: another sweep is running this cell now (%s is held)", run_dir, lock.lock_file)
+        return "running"
+    try:
+        return _run_locked_cell(cfg, run_dir, job_num, sweep_dir)
+    except KeyboardInterrupt:
+        stop_interrupted(
+            f"the sweep in {sweep_dir} stopped in cell {run_dir}, which was not recorded",
+            "Finished cells are kept: rerun the same command to resume (it skips them).",
+        )
+    finally:
+        lock.release()
+
+
+def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path) -> str:
     start = time.perf_counter()
     try:
         if check_settings(cfg)["resume"]:

@@ -1,7 +1,11 @@
 """Backdoored models cached by a key of everything that determines them, shared by every defense cell.
 
 Concurrent jobs wanting the same model take a file lock: one trains, the others wait and load.
-Writes are atomic, so a killed job never leaves a torn checkpoint.
+Writes are atomic, so a killed job never leaves a torn checkpoint. An entry is `<name>.pt` plus its
+sidecar `<name>.json` (`{"key", "sha256", "meta"}`), written after the .pt: a .pt without a sidecar that
+names its key and sha256 is not a whole entry. A damaged entry (wrong hash, unreadable, not our state
+dict) is moved aside as `<name>.corrupt-<time>.pt` and the model is rebuilt; a file carrying pickled
+code is refused, never loaded.
 """
 
 from __future__ import annotations
@@ -9,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable
+import os
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +23,22 @@ import torch
 from filelock import FileLock
 from torch import nn
 
+from benchmark.core.download.fetch import sha256_file
 from benchmark.core.io import atomic_torch_save, atomic_write_json
+from benchmark.weights.checkpoint import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    load_strict,
+    read_checkpoint,
+    state_dict_of,
+)
 
 log = logging.getLogger(__name__)
 
 # What a training function hands back: metadata (JSON) and the attack's learned trigger tensors.
 TrainOutcome = tuple[dict[str, Any], dict[str, torch.Tensor]]
+# What a cache entry holds: the stored metadata and the trigger state.
+Entry = tuple[dict[str, Any], dict[str, torch.Tensor]]
 
 # Bump when poisoning, training or architecture code changes what a given config produces.
 MODEL_CODE_VERSION = 1
@@ -34,13 +50,73 @@ def cache_key(parts: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _read_sidecar(path: Path) -> dict[str, Any] | None:
+    try:
+        side = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return side if isinstance(side, dict) else None
+
+
+def _load_entry(path: Path, model: nn.Module) -> Entry:
+    """Load the checked file into `model` strictly; its meta and trigger. CheckpointError when it is not ours."""
+    blob = read_checkpoint(path)
+    load_strict(model, state_dict_of(blob, "state_dict"), f"cached model {path}")
+    meta, trigger = blob.get("meta", {}), blob.get("trigger", {})
+    if not isinstance(meta, Mapping) or not isinstance(trigger, Mapping):
+        raise CheckpointError(f"cached model {path}: `meta` and `trigger` must be dicts")
+    if not all(isinstance(v, torch.Tensor) for v in trigger.values()):
+        raise CheckpointError(f"cached model {path}: `trigger` holds something other than tensors")
+    return dict(meta), dict(trigger)
+
+
+def _verified(path: Path, model: nn.Module) -> Entry:
+    """The entry at `path` once it proves whole; CheckpointError saying why not.
+
+    A sidecar from before sidecars carried a sha256 (the bare meta) is trusted only if the file loads
+    strictly; its sha256 is then written into a new sidecar, so the entry is verified from then on.
+    """
+    side = _read_sidecar(path)
+    if side is None:
+        raise CheckpointError(f"no readable sidecar {sidecar_path(path).name} (the write was cut short?)")
+    if "sha256" not in side:  # an entry cached before this check existed
+        meta, trigger = _load_entry(path, model)
+        atomic_write_json(sidecar_path(path), {"key": path.stem, "sha256": sha256_file(path), "meta": meta})
+        log.info("model cache: %s predates sha256 sidecars; it loads strictly, its sha256 is now recorded", path)
+        return meta, trigger
+    if side.get("key") != path.stem:
+        raise CheckpointError(f"its sidecar was made for key {side.get('key')!r}, not {path.stem!r}")
+    digest = sha256_file(path)
+    if digest != side["sha256"]:
+        raise CheckpointError(f"its sha256 is {digest}, its sidecar says {side['sha256']}")
+    return _load_entry(path, model)
+
+
+def _move_aside(path: Path) -> Path:
+    """Move a damaged entry (and its sidecar) to `<name>.corrupt-<time>.pt`, kept for inspection."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.stem}.corrupt-{stamp}.pt")
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.stem}.corrupt-{stamp}-{n}.pt")
+    os.replace(path, target)
+    if sidecar_path(path).exists():
+        os.replace(sidecar_path(path), sidecar_path(target))
+    return target
+
+
 def load_or_train(
     path: Path,
     model: nn.Module,
     train: Callable[[nn.Module], TrainOutcome],
     meta: dict[str, Any],
 ) -> tuple[nn.Module, str, dict[str, Any], dict[str, torch.Tensor]]:
-    """Load `model`'s weights from `path` if cached, else train it and cache it.
+    """Load `model`'s weights from `path` if cached (and whole), else train it and cache it.
 
     `train` returns the metadata to store and the attack's learned trigger tensors (saved next to the
     weights, so a cached model comes back with the trigger it was trained with). Returns the model, its
@@ -49,15 +125,24 @@ def load_or_train(
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(blob["state_dict"])
-            log.info("model: loaded from cache %s", path)
-            return model, "cache", blob.get("meta", {}), blob.get("trigger", {})
+            try:
+                stored, trigger = _verified(path, model)
+            except UnsafeCheckpointError as exc:
+                raise UnsafeCheckpointError(
+                    f"{exc} It was left in place as evidence; move or delete it to rebuild the model."
+                ) from None
+            except CheckpointError as exc:
+                moved = _move_aside(path)
+                why = str(exc).splitlines()[0].replace(f"cached model {path}", "it").replace(str(path), "it")
+                log.warning("model cache: %s is damaged (%s); moved it to %s, rebuilding", path, why, moved.name)
+            else:
+                log.info("model: loaded from cache %s", path)
+                return model, "cache", stored, trigger
         log.info("model: not cached, training it (cache key %s)", path.stem)
         extra, trigger = train(model)
         meta = {**meta, **extra}
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         trigger = {k: v.detach().cpu() for k, v in trigger.items()}
         atomic_torch_save({"state_dict": state, "meta": meta, "trigger": trigger}, path)
-        atomic_write_json(path.with_suffix(".json"), meta)
+        atomic_write_json(sidecar_path(path), {"key": path.stem, "sha256": sha256_file(path), "meta": meta})
         return model, "trained", meta, trigger

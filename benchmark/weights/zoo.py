@@ -58,7 +58,9 @@ class ModelSource(Checked):
     source: Literal["auto", "zoo", "train"] = "auto"
     zoo_files: list[str] = field(default_factory=list)  # extra registries, read after conf/zoo.yaml
     zoo_dir: str = "~/.cache/backdoor-benchmark/zoo"
-    timeout_s: float = bounded(15.0, 0.1, 3600.0)
+    timeout_s: float = bounded(15.0, 0.1, 3600.0)  # each wait for the server
+    deadline_s: float = bounded(1800.0, 1.0, 86400.0)  # the whole download, retries included
+    min_rate_kb_s: float = bounded(10.0, 0.01, 1e6)  # slower (kB/s, 1 kB = 1000 bytes): cut off
     retries: int = bounded(2, 0, 20)
 
 
@@ -182,14 +184,14 @@ def _checkpoints_in(folder: Path) -> list[str]:
 
 def locate(path: Path, entry: ZooEntry, digest: str) -> tuple[Path, str | None]:
     """The checkpoint file inside the download: the file itself, or the chosen member of an archive."""
-    kind = sniff(path)
+    kind = sniff(path, entry.format)
     if entry.format != "auto" and kind != entry.format:
         raise CheckpointError(f"zoo entry {entry.key} says format={entry.format!r} but {path} is a {kind}")
     if kind == "checkpoint":
         if entry.member:
             log.info("zoo entry %s: %s is a single checkpoint; member %r not needed", entry.key, path, entry.member)
         return path, None
-    folder = extract(path, path.with_name(f"{path.name}.{digest[:12]}.d"))
+    folder = extract(path, path.with_name(f"{path.name}.{digest[:12]}.d"), kind)
     member = pick_member(_checkpoints_in(folder), entry.member, f"archive {path.name}")
     return folder / member, member
 
@@ -201,6 +203,8 @@ def load_entry(entry: ZooEntry, cfg: ModelSource, attack: Attack, build: Callabl
         Path(cfg.zoo_dir).expanduser() / entry.cache_name(),
         entry.sha256,
         timeout_s=cfg.timeout_s,
+        deadline_s=cfg.deadline_s,
+        min_rate_kb_s=cfg.min_rate_kb_s,
         retries=cfg.retries,
         what=f"zoo checkpoint {entry.key}",
     )

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 SOURCE = Remote(gdrive="1yG9ENDUbOIUKY1i5ADu4X_7Lhbvqca2w")
 SHA256: str | None = None  # not known here: recorded and printed on first fetch
 ARCHIVE = "imagenet12-archive"
+DEADLINE_S = 6 * 3600.0  # the whole archive download; the minimum rate (fetch's default, 10 kB/s) cuts a stall
 SIZE = 224
 TRAIN_NAMES = ("train", "training")
 TEST_NAMES = ("val", "validation", "valid", "test")
@@ -122,7 +123,7 @@ def _fetch_archive(root: Path, download: bool) -> Fetched:
             f"Dataset 'imagenet12' not found in {root} and dataset.download=false.\nTo install it by hand: {_how(root)}"
         )
     try:
-        return fetch(SOURCE, root / ARCHIVE, SHA256, what="ImageNet-12 archive")
+        return fetch(SOURCE, root / ARCHIVE, SHA256, deadline_s=DEADLINE_S, what="ImageNet-12 archive")
     except FetchError as exc:
         raise DataMissingError(f"{exc}\nOr extract it by hand anywhere under {root}. {OFFLINE_HINT}") from exc
 

@@ -32,19 +32,47 @@ class UnsafeArchiveError(BenchmarkError):
     """An archive member would be written outside the target directory (or is a device/link out)."""
 
 
-def sniff(path: Path) -> Kind:
-    """`checkpoint` (torch zip, torch legacy tar or bare pickle), or a `zip`/`tar` archive of other files."""
-    if zipfile.is_zipfile(path):
+TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX/GNU tar header
+COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
+
+
+def _tar_names(path: Path) -> set[str] | None:
+    """The member names when `path` is a tar (plain by its header, or compressed), else None.
+
+    Checked before zip: a tar whose last member is a zip (a torch checkpoint) would pass is_zipfile,
+    which looks for a zip end record anywhere near the end of the file.
+    """
+    with open(path, "rb") as f:
+        head = f.read(TAR_MAGIC_OFFSET + 8)
+    plain = head[TAR_MAGIC_OFFSET : TAR_MAGIC_OFFSET + 5] == b"ustar"
+    if not plain and not head.startswith(COMPRESSED_MAGIC):
+        return None
+    try:
+        with tarfile.open(path) as tf:
+            return set(tf.getnames())
+    except (tarfile.TarError, OSError, EOFError):  # a gzip of one file, or a damaged tar
+        return None
+
+
+def sniff(path: Path, declared: Kind | Literal["auto"] = "auto") -> Kind:
+    """`checkpoint` (torch zip, torch legacy tar or bare pickle), or a `zip`/`tar` archive of other files.
+
+    Order: a tar by its header; then the `declared` kind (a zoo entry's `format`) when the file can be
+    one; then a zip (a torch checkpoint when it holds data.pkl and a version record); else a checkpoint.
+    """
+    names = _tar_names(path)
+    if names is not None:
+        return "checkpoint" if names >= TORCH_LEGACY_TAR and declared != "tar" else "tar"
+    is_zip = zipfile.is_zipfile(path)
+    if declared == "checkpoint" or (declared == "zip" and is_zip):
+        return declared
+    if is_zip:
         with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-        torch_zip = any(PurePosixPath(n).name == "data.pkl" for n in names) and any(
-            PurePosixPath(n).name in ("version", ".format_version") for n in names
+            zip_names = zf.namelist()
+        torch_zip = any(PurePosixPath(n).name == "data.pkl" for n in zip_names) and any(
+            PurePosixPath(n).name in ("version", ".format_version") for n in zip_names
         )
         return "checkpoint" if torch_zip else "zip"
-    if tarfile.is_tarfile(path):
-        with tarfile.open(path) as tf:
-            names = set(tf.getnames())
-        return "checkpoint" if names >= TORCH_LEGACY_TAR else "tar"
     return "checkpoint"
 
 
@@ -102,12 +130,12 @@ def _check_tar(tf: tarfile.TarFile, archive: Path) -> None:
             )
 
 
-def extract(archive: Path, target: Path) -> Path:
+def extract(archive: Path, target: Path, kind: Kind | None = None) -> Path:
     """Extract `archive` into `target` (all members checked first; atomic: a temp dir renamed into place)."""
     archive, target = Path(archive), Path(target)
     if target.exists():
         return target
-    kind = sniff(archive)
+    kind = kind or sniff(archive)
     if kind == "checkpoint":
         raise BenchmarkError(f"{archive} is a single checkpoint, not an archive of files")
     target.parent.mkdir(parents=True, exist_ok=True)

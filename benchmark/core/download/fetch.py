@@ -6,6 +6,12 @@ unverified file. An interrupted transfer keeps its partial bytes and the next fe
 (or restarts when the server cannot resume). Without a network the fetch fails within seconds with a
 message saying what to download and where to put it by hand.
 
+Three limits bound a transfer: `timeout_s` each wait for the server, `deadline_s` the whole download
+(retries included), and `min_rate_kb_s` its speed: a server that sends too slowly (a byte every few
+seconds never trips a read timeout) is cut off once the last `rate_window(min_rate)` seconds brought
+less than half the minimum rate's bytes. A file cached from another source than the one now asked
+for (the zoo entry's URL or id changed) is fetched again.
+
 `BENCHMARK_GDRIVE_URL` (a template with `{id}`) replaces the Google Drive endpoint: tests point it at
 a server on 127.0.0.1, and a lab can point it at a mirror.
 """
@@ -17,7 +23,10 @@ import json
 import logging
 import os
 import re
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +41,9 @@ log = logging.getLogger(__name__)
 GDRIVE_ENV = "BENCHMARK_GDRIVE_URL"
 GDRIVE_URL = "https://drive.google.com/uc?id={id}"
 CHUNK = 1 << 20
+GDOWN_BLOCK = 512 * 1024  # gdown reports progress once per block of this size
+DEADLINE_S = 1800.0  # defaults of fetch(); the zoo passes model.deadline_s / model.min_rate_kb_s
+MIN_RATE_KB_S = 10.0
 
 
 class FetchError(DataMissingError):
@@ -130,7 +142,77 @@ def _by_hand(remote: Remote, dest: Path, sha256: str | None) -> str:
     return f"To install it by hand: download {remote.public()}\nand save it as {dest} ({pin})."
 
 
-def _gdown(url: str, out: Path, timeout_s: float, retries: int, quiet: bool) -> str:
+def rate_window(min_rate_kb_s: float) -> float:
+    """Seconds over which the rate is judged: long enough for two of gdown's progress blocks at the minimum rate."""
+    return 2 * GDOWN_BLOCK / (min_rate_kb_s * 1000)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long a download may take in all (seconds) and how slowly it may run (kB/s, 1 kB = 1000 bytes)."""
+
+    timeout_s: float = 10.0
+    deadline_s: float = DEADLINE_S
+    min_rate_kb_s: float = MIN_RATE_KB_S
+
+
+class _Watchdog:
+    """Cancels a gdown transfer (through its cancel event) past the deadline or below the minimum rate.
+
+    Bytes are seen in gdown's 512 KiB blocks, so the rate is judged on a window of two blocks' time at the
+    minimum rate: a transfer at or above the minimum is never cut off; one bringing less than half of it is.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.cancel = threading.Event()
+        self.reason: str | None = None
+        self.received = 0
+        self._start = time.monotonic()
+        self._seen: list[tuple[float, int]] = [(self._start, 0)]  # (time, bytes so far) at each progress call
+        self._done = threading.Event()
+
+    def progress(self, so_far: int, total: int | None) -> None:
+        self.received = so_far
+        self._seen.append((time.monotonic(), so_far))
+
+    def _check(self) -> str | None:
+        now = time.monotonic()
+        elapsed = now - self._start
+        if elapsed > self.limits.deadline_s:
+            return f"it did not finish within the deadline of {self.limits.deadline_s:g} s"
+        window = rate_window(self.limits.min_rate_kb_s)
+        if elapsed < window:
+            return None
+        before = max((n for t, n in self._seen if t <= now - window), default=0)
+        brought = self.received - before
+        if brought < self.limits.min_rate_kb_s * 1000 * window / 2:
+            return (
+                f"it ran below the minimum rate of {self.limits.min_rate_kb_s:g} kB/s "
+                f"({brought} bytes in the last {window:.0f} s)"
+            )
+        return None
+
+    def _watch(self) -> None:
+        while not self._done.wait(0.1):
+            reason = self._check()
+            if reason is not None:
+                self.reason = reason
+                self.cancel.set()
+                return
+
+    @contextmanager
+    def running(self) -> Iterator[_Watchdog]:
+        thread = threading.Thread(target=self._watch, name="download-watchdog", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._done.set()
+            thread.join()
+
+
+def _gdown(url: str, out: Path, timeout_s: float, retries: int, quiet: bool, watch: _Watchdog) -> str:
     """One gdown transfer into `out`, resuming a partial file when there is one; returns the sha256."""
     import gdown
 
@@ -143,35 +225,77 @@ def _gdown(url: str, out: Path, timeout_s: float, retries: int, quiet: bool) -> 
         hasher=hasher,
         timeout=(min(timeout_s, 10.0), timeout_s),
         retries=retries,
+        progress=watch.progress,
+        cancel=watch.cancel,
         # gdown fixes its cookie path at import time; ask for it now so HOME set by a caller applies.
         cookies_file=str(Path.home() / ".cache" / "gdown" / "cookies.txt"),
     )
     return hasher.hexdigest()
 
 
-def _download(remote: Remote, tmp: Path, timeout_s: float, retries: int, quiet: bool) -> str:
+def _download(remote: Remote, tmp: Path, limits: Limits, retries: int, quiet: bool) -> str:
     """Download to `tmp`; a partial file the server will not resume is dropped and the transfer restarts."""
-    from gdown.exceptions import DownloadError
-
     url = remote.resolve()
+    _drop_partials_of_other_source(tmp, remote)
     if tmp.exists():  # complete (gdown renames only finished transfers) but killed before verification
         return sha256_file(tmp)
     if _partials(tmp):
         log.info("resuming the interrupted download of %s", tmp.name)
+    atomic_write_json(meta_path(tmp), {"source": remote.public()})  # whose bytes a partial file holds
     try:
-        return _gdown(url, tmp, timeout_s, retries, quiet)
-    except DownloadError as exc:
-        if "byte range" not in str(exc) and "multiple temporary files" not in str(exc):
-            raise
-        log.warning("cannot resume %s (%s): restarting the download", tmp.name, str(exc).splitlines()[0])
+        return _watched_download(url, tmp, limits, retries, quiet)
+    finally:
+        if not tmp.exists() and not _partials(tmp):
+            meta_path(tmp).unlink(missing_ok=True)
+
+
+def _watched_download(url: str, tmp: Path, limits: Limits, retries: int, quiet: bool) -> str:
+    """gdown's transfer under the watchdog; a stop for the deadline or the rate becomes a FetchError."""
+    from gdown.exceptions import DownloadCancelled, DownloadError
+
+    with _Watchdog(limits).running() as watch:
+        try:
+            try:
+                return _gdown(url, tmp, limits.timeout_s, retries, quiet, watch)
+            except DownloadError as exc:
+                if "byte range" not in str(exc) and "multiple temporary files" not in str(exc):
+                    raise
+                log.warning("cannot resume %s (%s): restarting the download", tmp.name, str(exc).splitlines()[0])
+                for part in _partials(tmp):
+                    part.unlink()
+                return _gdown(url, tmp, limits.timeout_s, retries, quiet, watch)
+        except DownloadCancelled:
+            if watch.reason is None:
+                raise
+            kept = " The partial download is kept and the next attempt resumes it." if watch.received else ""
+            raise FetchError(
+                f"Stopped downloading {url}: {watch.reason}; {watch.received} bytes had arrived (counted in whole "
+                f"512 KiB blocks).{kept} The zoo's limits are model.deadline_s and model.min_rate_kb_s."
+            ) from None
+
+
+def _drop_partials_of_other_source(tmp: Path, remote: Remote) -> None:
+    """Partial bytes fetched from another source must not be resumed into this one's file."""
+    recorded, now = _read_meta(tmp).get("source"), remote.public()
+    if recorded is not None and recorded != now:
+        log.warning("dropping a partial download of %s from %s: the source is now %s", tmp.name, recorded, now)
+        tmp.unlink(missing_ok=True)
         for part in _partials(tmp):
             part.unlink()
-        return _gdown(url, tmp, timeout_s, retries, quiet)
 
 
 def _verify_cached(dest: Path, remote: Remote, sha256: str | None) -> Fetched | None:
     """The cached file if it is intact; a file that fails its pinned hash is deleted (then re-fetched)."""
     if not dest.exists():
+        return None
+    fetched_from = _read_meta(dest).get("source")
+    if sha256 is None and fetched_from is not None and fetched_from != remote.public():
+        log.warning(
+            "cached %s was fetched from %s, but the source is now %s: fetching it again", dest, fetched_from,
+            remote.public(),
+        )  # fmt: skip
+        dest.unlink()
+        meta_path(dest).unlink(missing_ok=True)
         return None
     digest = sha256_file(dest)
     if sha256 is not None and digest != sha256:
@@ -204,6 +328,8 @@ def fetch(
     sha256: str | None = None,
     *,
     timeout_s: float = 10.0,
+    deadline_s: float = DEADLINE_S,
+    min_rate_kb_s: float = MIN_RATE_KB_S,
     retries: int = 2,
     quiet: bool = False,
     what: str = "file",
@@ -211,8 +337,9 @@ def fetch(
     """`dest`, downloaded from `remote` unless it is already cached, verified against `sha256` if pinned.
 
     Concurrent callers share one download (file lock). A pinned hash that does not match: the file is
-    deleted, nothing is cached and `ChecksumError` says so. Network trouble: `FetchError` with how to
-    put the file in place by hand; partial bytes stay for the next attempt to resume.
+    deleted, nothing is cached and `ChecksumError` says so. Network trouble, or a transfer past
+    `deadline_s` or below `min_rate_kb_s`: `FetchError` with how to put the file in place by hand; partial
+    bytes stay for the next attempt to resume. An unpinned file cached from another source is fetched again.
     """
     check_sha256(sha256)
     dest = Path(dest).expanduser()
@@ -225,7 +352,9 @@ def fetch(
         tmp = dest.with_name(dest.name + ".download")
         log.info("%s: downloading %s -> %s", what, remote.resolve(), dest)
         try:
-            digest = _download(remote, tmp, timeout_s, retries, quiet)
+            digest = _download(remote, tmp, Limits(timeout_s, deadline_s, min_rate_kb_s), retries, quiet)
+        except FetchError as exc:
+            raise FetchError(f"{exc}\n{_by_hand(remote, dest, sha256)}") from None
         except BenchmarkError:
             raise
         except Exception as exc:  # gdown and requests raise many kinds; all mean "not downloaded"
@@ -236,11 +365,13 @@ def fetch(
             ) from exc
         if sha256 is not None and digest != sha256:
             tmp.unlink(missing_ok=True)
+            meta_path(tmp).unlink(missing_ok=True)
             raise ChecksumError(
                 f"The {what} downloaded from {remote.public()} has sha256 {digest}, but {sha256} is pinned: "
                 f"it is not the published file (changed upstream, or corrupted in transit). It was deleted; "
                 f"nothing was cached."
             )
         os.replace(tmp, dest)
+        meta_path(tmp).unlink(missing_ok=True)
         _record(dest, remote, digest, sha256)
         return Fetched(dest, digest, downloaded=True)

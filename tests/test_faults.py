@@ -1,0 +1,408 @@
+"""Faults a hostile or unlucky user meets: each one ends in one clear message or heals itself.
+
+Damaged model-cache entries, tars that look like zips, dribbling servers, a zoo entry whose source changed,
+Ctrl-C, hand-edited results and two sweeps in one directory. Each test makes the fault, then checks the
+message, the exit code, that no traceback reaches the user, and what is left on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from filelock import FileLock
+from omegaconf import OmegaConf
+from torch import nn
+
+from benchmark.core.download.archives import UnsafeArchiveError, extract, sniff
+from benchmark.core.download.fetch import FetchError, Remote, fetch, meta_path
+from benchmark.core.errors import INTERRUPTED_EXIT
+from benchmark.report.table import read_cell
+from benchmark.run.record import content_digest, write_result
+from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
+from benchmark.weights.checkpoint import UnsafeCheckpointError
+from benchmark.weights.model_cache import load_or_train, sidecar_path
+from benchmark.weights.zoo import ZooEntry, locate
+from tests.conftest import compose_cfg
+from tests.fileserver import FileServer
+from tests.test_checkpoint import Payload
+from tests.test_cli import run_cli
+from tests.test_sweep import TINY
+
+# Subprocesses run in a temp dir: import this checkout's code, not whichever one is installed editable.
+ROOT = str(Path(__file__).resolve().parent.parent)
+
+# ---------------------------------------------------------------- the model cache
+
+
+class Trainer:
+    """A training function for load_or_train that counts its calls (the rebuild must really happen)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, model: nn.Module) -> tuple[dict, dict]:
+        self.calls += 1
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(0.5)
+        return {"trained": self.calls}, {"mask": torch.ones(2)}
+
+
+def _cached(tmp_path: Path) -> tuple[Path, Trainer]:
+    path = tmp_path / "models" / "embedded-convnet-badnets-seed0-0123456789abcdef.pt"
+    trainer = Trainer()
+    _, source, _, _ = load_or_train(path, nn.Linear(3, 2), trainer, {"cell": "x"})
+    assert source == "trained" and trainer.calls == 1
+    return path, trainer
+
+
+def _damage(path: Path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:200])
+    elif how == "random":
+        path.write_bytes(os.urandom(4000))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "wrong-shape":
+        torch.save({"state_dict": nn.Linear(5, 2).state_dict(), "meta": {}, "trigger": {}}, path)
+    elif how == "no-state-dict":
+        torch.save({"weights": [1, 2, 3]}, path)
+    elif how == "no-sidecar":
+        sidecar_path(path).unlink()
+    elif how == "other-key":
+        side = json.loads(sidecar_path(path).read_text())
+        sidecar_path(path).write_text(json.dumps({**side, "key": "some-other-entry"}))
+
+
+DAMAGES = ["truncated", "random", "empty", "wrong-shape", "no-state-dict", "no-sidecar", "other-key"]
+
+
+@pytest.mark.parametrize("how", DAMAGES)
+def test_damaged_cache_entry_is_moved_aside_and_rebuilt_with_one_warning(tmp_path: Path, how: str, caplog) -> None:
+    path, trainer = _cached(tmp_path)
+    _damage(path, how)
+    damaged = path.read_bytes()
+    with caplog.at_level(logging.WARNING, logger="benchmark.weights.model_cache"):
+        _, source, meta, trigger = load_or_train(path, nn.Linear(3, 2), trainer, {"cell": "x"})
+    assert source == "trained" and trainer.calls == 2 and meta["trained"] == 2
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and f"{path} is damaged" in warnings[0] and "rebuilding" in warnings[0]
+    assert "weights_only" not in caplog.text and "Traceback" not in caplog.text
+    aside = sorted(path.parent.glob(f"{path.stem}.corrupt-*.pt"))
+    assert len(aside) == 1 and aside[0].name in warnings[0] and aside[0].read_bytes() == damaged
+    # the new entry is whole: its sidecar names its key and sha256, and the next run loads it
+    side = json.loads(sidecar_path(path).read_text())
+    assert side["key"] == path.stem and side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    _, source, _, trigger = load_or_train(path, nn.Linear(3, 2), trainer, {})
+    assert source == "cache" and trainer.calls == 2 and torch.equal(trigger["mask"], torch.ones(2))
+
+
+def test_cache_entry_carrying_code_is_refused_with_our_message_and_kept(tmp_path: Path) -> None:
+    path, trainer = _cached(tmp_path)
+    sentinel = tmp_path / "pwned"
+    torch.save({"state_dict": nn.Linear(3, 2).state_dict(), "meta": Payload(sentinel)}, path)
+    side = json.loads(sidecar_path(path).read_text())  # a sidecar forged to match: only the loader stands guard
+    sidecar_path(path).write_text(json.dumps({**side, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    with pytest.raises(UnsafeCheckpointError) as err:
+        load_or_train(path, nn.Linear(3, 2), trainer, {})
+    msg = str(err.value)
+    assert msg.startswith(f"Refused to load {path}") and "left in place" in msg and "weights_only" not in msg
+    assert not sentinel.exists() and path.exists() and trainer.calls == 1
+
+
+def test_entry_from_before_sha256_sidecars_is_verified_once_and_upgraded(tmp_path: Path, caplog) -> None:
+    path, trainer = _cached(tmp_path)
+    sidecar_path(path).write_text(json.dumps({"cell": "x", "trained": 1}))  # the old sidecar: the bare meta
+    with caplog.at_level(logging.INFO, logger="benchmark.weights.model_cache"):
+        model, source, meta, _ = load_or_train(path, nn.Linear(3, 2), trainer, {})
+    assert source == "cache" and trainer.calls == 1 and meta == {"cell": "x", "trained": 1}
+    assert torch.all(model.weight == 0.5) and "its sha256 is now recorded" in caplog.text
+    side = json.loads(sidecar_path(path).read_text())
+    assert side == {"key": path.stem, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "meta": meta}
+
+
+def test_old_entry_that_does_not_load_is_moved_aside(tmp_path: Path) -> None:
+    path, trainer = _cached(tmp_path)
+    sidecar_path(path).write_text(json.dumps({"cell": "x"}))
+    path.write_bytes(path.read_bytes()[:100])
+    _, source, _, _ = load_or_train(path, nn.Linear(3, 2), trainer, {})
+    assert source == "trained" and len(list(path.parent.glob("*.corrupt-*.pt"))) == 1
+
+
+@pytest.mark.slow
+def test_cli_run_heals_a_truncated_cache_entry(tmp_path: Path) -> None:
+    """The user's view: the second run warns once, rebuilds, exits 0, and no traceback is printed."""
+    first = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r1'}"], tmp_path, PYTHONPATH=ROOT)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    (entry,) = (tmp_path / "bench" / "models").glob("*.pt")
+    entry.write_bytes(entry.read_bytes()[:1000])
+    second = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r2'}"], tmp_path, PYTHONPATH=ROOT)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "weights_only" not in out
+    assert [ln for ln in out.splitlines() if "[WARNING]" in ln and "is damaged" in ln and "corrupt-" in ln]
+    assert json.loads((tmp_path / "r2" / "result.json").read_text())["model_source"] == "trained"
+    assert len(list(entry.parent.glob("*.corrupt-*.pt"))) == 1
+
+
+# ---------------------------------------------------------------- archives
+
+
+def _checkpoint(path: Path) -> Path:
+    torch.save({"state_dict": nn.Linear(3, 2).state_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz", "w:bz2", "w:xz"])
+def test_tar_of_one_checkpoint_is_a_tar_not_a_zip(tmp_path: Path, mode: str) -> None:
+    ckpt = _checkpoint(tmp_path / "model.pt")
+    archive = tmp_path / "weights.bin"
+    with tarfile.open(archive, mode) as tf:
+        tf.add(ckpt, "model.pt")
+    assert sniff(archive) == "tar"
+    entry = ZooEntry(key="cifar10/resnet18/badnets", url="http://127.0.0.1/x", format="tar")
+    found, member = locate(archive, entry, "a" * 64)
+    assert member == "model.pt" and found.read_bytes() == ckpt.read_bytes()
+
+
+def test_tar_ending_in_a_checkpoint_still_gets_the_safety_checks(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "model.pt")
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as tf:
+        info = tarfile.TarInfo("../escaped.txt")
+        info.size = 0
+        tf.addfile(info)
+        tf.add(ckpt, "model.pt")  # last member: a zip end record near the file's end
+    with pytest.raises(UnsafeArchiveError, match=r"'\.\./escaped\.txt' would be written outside"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_declared_format_is_honoured_and_a_mismatch_named(tmp_path: Path) -> None:
+    ckpt = _checkpoint(tmp_path / "model.pt")
+    assert sniff(ckpt) == "checkpoint" and sniff(ckpt, "zip") == "zip"  # a zip the entry calls an archive
+    archive = tmp_path / "w.tar"
+    with tarfile.open(archive, "w") as tf:
+        tf.add(ckpt, "model.pt")
+    assert sniff(archive, "zip") == "tar"
+    entry = ZooEntry(key="cifar10/resnet18/badnets", url="http://127.0.0.1/x", format="zip")
+    with pytest.raises(Exception, match=r"says format='zip' but .* is a tar"):
+        locate(archive, entry, "a" * 64)
+
+
+# ---------------------------------------------------------------- downloads
+
+
+@pytest.fixture
+def server():
+    srv = FileServer(files={"a.bin": b"A" * 5000, "b.bin": b"B" * 5000, "slow.bin": os.urandom(50_000)})
+    yield srv
+    srv.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("limit", ["deadline", "rate"])
+def test_dribbling_server_is_cut_off_with_a_clear_message(server, tmp_home: Path, limit: str) -> None:
+    server.dribble["slow.bin"] = 0.2  # 5 bytes/s: a read timeout never trips
+    url = server.url("slow.bin")
+    limits = {"deadline_s": 1.5, "min_rate_kb_s": 0.001} if limit == "deadline" else {"min_rate_kb_s": 1000.0}
+    dest = tmp_home / "zoo" / "slow.bin"
+    start = time.monotonic()
+    with pytest.raises(FetchError) as err:
+        fetch(Remote(url=url), dest, None, timeout_s=5, retries=0, quiet=True, **limits)
+    took = time.monotonic() - start
+    msg = str(err.value)
+    assert f"Stopped downloading {url}" in msg and "bytes had arrived" in msg and "save it as" in msg
+    if limit == "deadline":
+        assert "deadline of 1.5 s" in msg and 1.4 < took < 4
+    else:  # two 512 KiB blocks' time at 1000 kB/s: ~1 s
+        assert "minimum rate of 1000 kB/s" in msg and took < 4
+    assert not dest.exists()
+
+
+def test_unpinned_file_cached_from_another_source_is_fetched_again(server, tmp_home: Path, caplog) -> None:
+    dest = tmp_home / "zoo" / "weights.pt"
+    fetch(Remote(url=server.url("a.bin")), dest, None, quiet=True)
+    with caplog.at_level(logging.WARNING, logger="benchmark.core.download.fetch"):
+        got = fetch(Remote(url=server.url("b.bin")), dest, None, quiet=True)  # the entry's URL was fixed
+    assert got.downloaded and dest.read_bytes() == b"B" * 5000 and server.gets("b.bin") == 1
+    assert f"was fetched from {server.url('a.bin')}, but the source is now {server.url('b.bin')}" in caplog.text
+    assert json.loads(meta_path(dest).read_text())["source"] == server.url("b.bin")
+    again = fetch(Remote(url=server.url("b.bin")), dest, None, quiet=True)
+    assert not again.downloaded
+
+
+def test_file_put_in_place_by_hand_is_not_fetched_again(server, tmp_home: Path) -> None:
+    dest = tmp_home / "zoo" / "weights.pt"
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(b"by hand")  # no sidecar: the README's way to install a file without a network
+    got = fetch(Remote(url=server.url("b.bin")), dest, None, quiet=True)
+    assert not got.downloaded and dest.read_bytes() == b"by hand" and server.gets("b.bin") == 0
+
+
+def test_partial_download_from_another_source_is_not_resumed(server, tmp_home: Path) -> None:
+    dest = tmp_home / "zoo" / "weights.pt"
+    dest.parent.mkdir(parents=True)
+    tmp = dest.with_name(dest.name + ".download")
+    tmp.write_bytes(b"A" * 5000)  # finished from the old source but killed before verification
+    meta_path(tmp).write_text(json.dumps({"source": server.url("a.bin")}))
+    got = fetch(Remote(url=server.url("b.bin")), dest, None, quiet=True)
+    assert got.downloaded and dest.read_bytes() == b"B" * 5000 and not meta_path(tmp).exists()
+
+
+# ---------------------------------------------------------------- Ctrl-C
+
+
+def _interrupt(args: list[str], home: Path, wait_for: str, timeout: float = 240) -> tuple[int, str]:
+    """Start `python -m <args>` in `home`, send SIGINT once `wait_for` is printed; (exit code, all output)."""
+    env = {**os.environ, "HOME": str(home), "BENCHMARK_HOME": str(home / "bench"), "WANDB_MODE": "disabled"}
+    env["PYTHONPATH"] = ROOT
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args], cwd=home, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    lines = []
+    deadline = time.monotonic() + timeout
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        lines.append(line)
+        if wait_for in line:
+            proc.send_signal(signal.SIGINT)
+            break
+        assert time.monotonic() < deadline, "".join(lines[-20:])
+    rest, _ = proc.communicate(timeout=60)
+    return proc.returncode, "".join(lines) + rest
+
+
+LONG = [*TINY, "defense=none", "train.epochs=200"]  # training long enough to be interrupted
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_cell_prints_one_line_and_exits_130(tmp_path: Path) -> None:
+    code, out = _interrupt(["benchmark", *LONG, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, "training it")
+    assert code == INTERRUPTED_EXIT, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    lines = [ln for ln in out.splitlines() if ln.startswith("Interrupted (Ctrl-C)")]
+    assert len(lines) == 1 and f"cell {tmp_path / 'run'} did not finish" in lines[0] and "rerun" in lines[0]
+    assert not (tmp_path / "run" / "result.json").exists()
+    assert not list((tmp_path / "bench" / "models").glob("*.pt"))  # nothing half-written in the cache
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_sweep_names_the_sweep_and_says_a_rerun_resumes(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    code, out = _interrupt(["benchmark", "-m", *LONG, f"hydra.sweep.dir={sweep}"], tmp_path, "training it")
+    assert code == INTERRUPTED_EXIT, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("Interrupted (Ctrl-C)")]
+    assert f"the sweep in {sweep} stopped in cell" in line and "rerun the same command to resume" in line
+    assert not list(sweep.rglob("result.json")) and not list(sweep.rglob("failed.json"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_the_perf_benchmark(tmp_path: Path) -> None:
+    code, out = _interrupt(["benchmark.perf", "--size", "tiny", "--threads", "1"], tmp_path, "perf: measuring")
+    assert code == INTERRUPTED_EXIT, out[-3000:]
+    assert "Traceback" not in out and "KeyboardInterrupt" not in out
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("Interrupted (Ctrl-C)")]
+    assert "the perf benchmark did not finish; nothing was written" in line
+
+
+def test_ctrl_c_in_the_report_prints_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    from benchmark.report import write
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, delivered while the report is being written
+        time.sleep(5)
+
+    monkeypatch.setattr(write, "write_report", interrupted)
+    with pytest.raises(SystemExit) as stop:
+        write.main([str(tmp_path)])
+    assert stop.value.code == INTERRUPTED_EXIT
+    err = capsys.readouterr().err
+    assert err.startswith(f"Interrupted (Ctrl-C): the report of {tmp_path} was not finished") and err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- result.json digests
+
+
+def _result(config: dict) -> dict:
+    metrics = {"clean_acc": 0.9, "asr": 0.95, "robust_acc": 0.04}
+    cell = {"attack": "badnets", "dataset": "embedded", "arch": "convnet", "defense": "none", "seed": 0}
+    return {
+        "schema": 1, "cell": cell, "model_source": "trained", "before": metrics, "after": {**metrics, "asr": 0.9},
+        "der": 0.5, "defense_info": {}, "timing_s": {"total": 1.0}, "config": config,
+    }  # fmt: skip
+
+
+def test_result_carries_the_digest_of_its_own_content(tmp_path: Path) -> None:
+    path = write_result(tmp_path, _result({"seed": 0, "x": float("nan")}))
+    stored = json.loads(path.read_text())
+    assert stored["digest"] == content_digest(stored) and stored["digest"].startswith("sha256:")
+    assert resume_check(tmp_path, {"seed": 0, "x": None})[0]
+    path.write_text(json.dumps(stored, indent=4, sort_keys=True))  # reformatting is not editing
+    assert resume_check(tmp_path, {"seed": 0, "x": None})[0]
+
+
+def test_hand_edited_result_is_invalid_in_the_report_and_rerun_by_resume(tmp_home: Path, caplog) -> None:
+    cfg = compose_cfg([*TINY, "defense=none"])
+    sweep = tmp_home / "sweep"
+    run_dir = sweep / "embedded" / "convnet" / "badnets" / "none" / "seed0"
+    path = write_result(run_dir, _result(OmegaConf.to_container(cfg, resolve=True)))
+    edited = json.loads(path.read_text())
+    edited["after"]["asr"] = 0.0  # a defense that looks perfect
+    path.write_text(json.dumps(edited, indent=2))
+    done, why = resume_check(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    assert not done and "does not match its digest" in why
+    row = read_cell(sweep, path).row
+    assert row["status"] == "invalid" and "does not match its digest" in row["error"]
+    with caplog.at_level(logging.WARNING, logger="benchmark"):
+        assert run_sweep_cell(cfg, run_dir, 0, sweep) == "done"
+    assert "rerunning" in caplog.text and json.loads((run_dir / STALE).read_text()) == edited
+    fresh = json.loads(path.read_text())
+    assert fresh["digest"] == content_digest(fresh) and fresh["model_source"] == "trained"
+
+
+def test_result_from_before_digests_is_resumed_and_reported_as_it_is(tmp_path: Path) -> None:
+    config = {"seed": 0}
+    run_dir = tmp_path / "embedded" / "convnet" / "badnets" / "none" / "seed0"
+    run_dir.mkdir(parents=True)
+    (run_dir / "result.json").write_text(json.dumps(_result(config)))  # no digest field
+    assert resume_check(run_dir, config)[0]
+    row = read_cell(tmp_path, run_dir / "result.json").row
+    assert row["status"] == "ok" and row["error"] == ""
+
+
+# ---------------------------------------------------------------- two sweeps, one directory
+
+
+def test_cell_another_sweep_is_running_is_skipped_with_a_log_line(tmp_home: Path, caplog) -> None:
+    cfg = compose_cfg([*TINY, "defense=none"])
+    sweep = tmp_home / "sweep"
+    run_dir = sweep / "embedded" / "convnet" / "badnets" / "none" / "seed0"
+    lock_file = cell_lock(run_dir, sweep).lock_file
+    assert Path(lock_file).parent == sweep / ".locks"
+    script = f"import time; from filelock import FileLock; lock = FileLock({lock_file!r}); lock.acquire(); "
+    script += "print('held', flush=True); time.sleep(60)"
+    holder = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)  # the other sweep
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with caplog.at_level(logging.INFO, logger="benchmark"):
+            assert run_sweep_cell(cfg, run_dir, 0, sweep) == "running"
+        assert "another sweep is running this cell now" in caplog.text and str(run_dir) in caplog.text
+        assert not (run_dir / "result.json").exists() and not (run_dir / "failed.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with FileLock(lock_file).acquire(timeout=5):  # released with its holder's death, not left stale
+        pass
