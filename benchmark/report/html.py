@@ -111,7 +111,8 @@ def group_section(index: int, key: Key, g: Group, max_ca_drop: float, images: di
     def der(a: str, d: str) -> tuple[str, Any, str]:
         text, sort = _stat_text(g.stat(a, d, "der"))
         change = g.stat(a, d, "ca_change")
-        cost = "" if change is None else f' <span class="ca">({esc(signed_points(change.mean))})</span>'
+        loss = " loss" if change is not None and change.mean < -0.0005 else ""  # red from a 0.1 point drop
+        cost = "" if change is None else f' <span class="ca{loss}">({esc(signed_points(change.mean))})</span>'
         return esc(text) + cost, sort, ""
 
     def seconds(a: str, d: str) -> tuple[str, Any, str]:
@@ -344,11 +345,11 @@ CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:1500px}
 h1{font-size:1.5em}h2{margin-top:1.6em;border-bottom:1px solid #ccc}h3{font-size:1.05em;margin:1.2em 0 .4em}
 table{border-collapse:collapse;margin:.3em 0}th,td{border:1px solid #ddd;padding:2px 7px;text-align:right}
-td:first-child,th:first-child{text-align:left}thead th{background:#f2f2f2;position:sticky;top:0}
+td:first-child,th:first-child{text-align:left}thead th{background:#f2f2f2}
 table.sortable thead th{cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" ▲"}th[aria-sort=descending]::after{content:" ▼"}
-td.best,tr.best td{font-weight:bold;background:#e8f5e9}.ca{color:#a33}
-table.kv td,table.kv th{text-align:left}ul.notes{color:#8a5a00}
+td.best,tr.best td{font-weight:bold;background:#e8f5e9}.ca{color:#666}.ca.loss{color:#a33}
+table.kv td,table.kv th,#failed td,#failed th{text-align:left}ul.notes{color:#8a5a00}
 #filters{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ccc;z-index:2}
 #filters label{margin-right:1em}.plots img{max-width:100%}figure{margin:.5em 0}
 details{margin:.2em 0}summary{cursor:pointer}pre{white-space:pre-wrap;margin:0;font-size:12px}
