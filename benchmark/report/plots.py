@@ -99,7 +99,7 @@ def _unpruned_x(per_defense: dict[str, tuple[list, list[float]]]) -> tuple[float
         }
     )
     steps = [b - a for a, b in itertools.pairwise(ts)]
-    step = max(min(steps) if steps else 0.05, 0.06 * (ts[-1] - ts[0]))
+    step = max(min(steps) if steps else 0.05, 0.2 * (ts[-1] - ts[0]))  # room for the "unpruned" tick label
     return ts[0] - step, ts[0]
 
 
