@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from benchmark.core.io import atomic_write_json
-from benchmark.report.table import Stat
+from benchmark.report.markdown import DER_TITLE, SECONDS_TITLE
+from benchmark.report.table import BASELINE, Stat, collect, group_cells
 from benchmark.report.write import main, write_report
 
 # (attack, defense) -> per seed (clean acc, ASR) after the defense; the backdoored model of a seed has
@@ -22,7 +23,10 @@ AFTER = {
     ("blend", "rnp"): [(0.90, 0.30), (0.90, 0.30), (0.90, 0.30)],
     ("blend", "anp"): [(0.91, 0.05), (0.91, 0.05)],  # seed 2 failed
     ("blend", "none"): [(BASE_CA[s], 1.0) for s in range(3)],
+    ("wanet", "anp"): [(0.50, 0.0), (0.52, 0.0), (0.7475000023841858, 0.0)],  # loses > 5 points: no best defense
 }
+TRAINED = {("badnets", "rnp", 0)}  # the cell that trained its seed's model: its timing_s includes the training
+TRAIN_S, PREPARE_S = 100.0, 4.0
 
 
 def fake_result(attack: str, defense: str, seed: int, ca: float, asr: float) -> dict[str, Any]:
@@ -48,8 +52,18 @@ def fake_result(attack: str, defense: str, seed: int, ca: float, asr: float) -> 
         "defense_info": info,
         "timing_s": {"data": 1.0, "model": 2.0, "evaluate": 3.0, "defense": 10.0 + seed, "total": 20.0 + seed},
         "config": {"seed": seed},
-        "model_meta": {"train_seconds": 100.0},
+        "model_meta": {"train_seconds": TRAIN_S, "attack_prepare_seconds": PREPARE_S},
     }
+
+
+def result_of(attack: str, defense: str, seed: int, ca: float, asr: float) -> dict[str, Any]:
+    """fake_result, with the training in the timings of the cell that trained the model."""
+    result = fake_result(attack, defense, seed, ca, asr)
+    if (attack, defense, seed) in TRAINED:
+        result["model_source"] = "trained"
+        result["timing_s"]["model"] += TRAIN_S + PREPARE_S
+        result["timing_s"]["total"] += TRAIN_S + PREPARE_S + 0.0001234  # float noise the CSV rounds away
+    return result
 
 
 @pytest.fixture
@@ -59,15 +73,16 @@ def sweep(tmp_path: Path) -> Path:
         for seed, (ca, asr) in enumerate(values):
             atomic_write_json(
                 root / "cifar10/resnet18" / attack / defense / f"seed{seed}" / "result.json",
-                fake_result(attack, defense, seed, ca, asr),
+                result_of(attack, defense, seed, ca, asr),
             )
-    failed = {
-        "schema": 1,
-        "status": "failed",
-        "error": "RuntimeError: CUDA out of memory\ntraceback...",
-        "cell": {"attack": "blend", "dataset": "cifar10", "arch": "resnet18", "defense": "anp", "seed": 2},
-    }
-    atomic_write_json(root / "cifar10/resnet18/blend/anp/seed2/failed.json", failed)
+    for attack, defense in (("blend", "anp"), ("trojan", "rnp")):  # trojan: its only cell failed, no baseline
+        failed = {
+            "schema": 1,
+            "status": "failed",
+            "error": "RuntimeError: CUDA out of memory\ntraceback...",
+            "cell": {"attack": attack, "dataset": "cifar10", "arch": "resnet18", "defense": defense, "seed": 2},
+        }
+        atomic_write_json(root / f"cifar10/resnet18/{attack}/{defense}/seed2/failed.json", failed)
     torn = root / "cifar10/resnet18/blend/clp/seed0/result.json"
     torn.parent.mkdir(parents=True)
     torn.write_text('{"schema": 1, "cell": {"attack": "blend"')
@@ -87,7 +102,7 @@ def test_stat_is_mean_and_sample_std() -> None:
 def test_csv_has_one_row_per_cell_with_seconds_per_phase(sweep: Path) -> None:
     write_report(sweep, plots=False)
     rows = list(csv.DictReader((sweep / "results.csv").open()))
-    assert len(rows) == 17 + 2  # 17 results, 1 failed, 1 invalid; .submitit ignored
+    assert len(rows) == 20 + 3  # 20 results, 2 failed, 1 invalid; .submitit ignored
     status = {(r["attack"], r["defense"], r["seed"]): r["status"] for r in rows}
     assert status[("blend", "anp", "2")] == "failed" and status[("blend", "clp", "0")] == "invalid"
     ok = [r for r in rows if r["status"] == "ok"]
@@ -98,6 +113,39 @@ def test_csv_has_one_row_per_cell_with_seconds_per_phase(sweep: Path) -> None:
     assert float(summary[("badnets", "rnp")]["asr_std"]) == pytest.approx(0.10)
     assert float(summary[("badnets", "no defense")]["clean_acc_mean"]) == pytest.approx(0.92)
     assert summary[("blend", "anp")]["n"] == "2" and summary[("blend", "anp")]["failed"] == "1"
+
+
+def test_csv_rounds_float_noise(sweep: Path) -> None:
+    write_report(sweep, plots=False)
+    text = (sweep / "results.csv").read_text()
+    rows = {(r["attack"], r["defense"], r["seed"]): r for r in csv.DictReader(text.splitlines())}
+    assert rows[("wanet", "anp", "2")]["after_clean_acc"] == "0.7475"  # stored as 0.7475000023841858
+    assert rows[("badnets", "rnp", "0")]["seconds_total"] == "124.0"  # 124.0001234: 3 decimals for seconds
+    assert rows[("badnets", "rnp", "1")]["ca_change"] == "-0.02"
+    # no value anywhere has more than 6 decimals (fractions) or 3 (seconds)
+    for row in rows.values():
+        for key, value in row.items():
+            decimals = (
+                len(value.split(".")[1]) if value.replace(".", "").replace("-", "").isdigit() and "." in value else 0
+            )
+            assert decimals <= (3 if "seconds" in key else 6), (key, value)
+    summary = (sweep / "summary.csv").read_text()
+    assert ",0.589167," in summary  # wanet anp clean acc mean (0.50 + 0.52 + 0.7475000023841858) / 3, rounded
+
+
+def test_cell_seconds_leave_out_the_backdoor_training_of_trained_cells(sweep: Path) -> None:
+    write_report(sweep, plots=False)
+    rows = {(r["attack"], r["defense"], r["seed"]): r for r in csv.DictReader((sweep / "results.csv").open())}
+    trained, cached = rows[("badnets", "rnp", "0")], rows[("badnets", "rnp", "1")]
+    assert trained["model_source"] == "trained" and float(trained["seconds_total"]) == pytest.approx(124.0)
+    assert float(trained["seconds_cell"]) == pytest.approx(20.0)  # 124 - 100 training - 4 attack preparation
+    assert cached["model_source"] == "cache" and float(cached["seconds_cell"]) == float(cached["seconds_total"]) == 21.0
+    assert float(trained["backdoor_seconds"]) == float(cached["backdoor_seconds"]) == TRAIN_S + PREPARE_S
+    md = (sweep / "results.md").read_text()
+    assert "a cell's seconds leave\nit out even when that cell trained the model" in md
+    runtime = pivot_rows(md, SECONDS_TITLE)
+    assert runtime["badnets"]["rnp"] == "11.0 ± 1.0 / 21.0 ± 1.0"  # 20, 21, 22: not (124 + 21 + 22) / 3
+    assert runtime["badnets"]["backdoor training"] == "104.0 ± 0.0"  # one model per seed, training + preparation
 
 
 def pivot_rows(md: str, title: str) -> dict[str, list[str]]:
@@ -124,9 +172,8 @@ def test_pivot_mean_std_best_defense_and_failures(sweep: Path) -> None:
     assert rows["blend"]["anp"] == "**91.0 ± 0.0 / 5.0 ± 0.0 (n=2) (1 failed)**"
     assert rows["blend"]["clp"] == "failed (1)"  # its only file is invalid
     assert pivot_rows(md, "RNP vs ANP")["badnets"]["ASR ANP"] == "0.0 ± 0.0"
-    runtime = pivot_rows(md, "Seconds: backdoor training per model; per cell, defense phase / whole cell")
+    runtime = pivot_rows(md, SECONDS_TITLE)
     assert runtime["badnets"]["rnp"] == "11.0 ± 1.0 / 21.0 ± 1.0" and runtime["blend"]["clp"] == "–"
-    assert runtime["badnets"]["backdoor training"] == "100.0 ± 0.0"
     failures = md.split("## Failed or invalid cells")[1]
     assert "cifar10/resnet18/blend/anp/seed2 | failed | RuntimeError: CUDA out of memory |" in failures
     assert "cifar10/resnet18/blend/clp/seed0 | invalid | unreadable" in failures
@@ -134,6 +181,54 @@ def test_pivot_mean_std_best_defense_and_failures(sweep: Path) -> None:
     write_report(sweep, max_ca_drop=0.25, plots=False)
     rows = pivot_rows((sweep / "results.md").read_text(), "Clean accuracy / ASR (%)")
     assert rows["badnets"]["anp"].startswith("**") and not rows["badnets"]["rnp"].startswith("**")
+
+
+def test_no_best_defense_says_why(sweep: Path) -> None:
+    write_report(sweep, max_ca_drop=0.05, plots=False)
+    md = (sweep / "results.md").read_text()
+    table = md.split("### Clean accuracy / ASR (%)\n\n", 1)[1].split("\n\n")
+    notes = table[1].splitlines()  # the paragraph right under the pivot
+    assert notes == [
+        "- trojan: no best defense: no baseline: no cell of this attack finished, so there is no backdoored model "
+        "to compare with.",
+        "- wanet: no best defense: no defense within 5.0 points of the baseline's clean accuracy (92.0); "
+        "the closest, anp, loses 33.1.",
+    ]
+    assert "**" not in pivot_rows(md, "Clean accuracy / ASR (%)")["wanet"]["anp"]
+    write_report(sweep, max_ca_drop=0.40, plots=False)  # now anp qualifies on wanet: no note for it
+    assert "- wanet: no best defense" not in (sweep / "results.md").read_text()
+
+
+def test_der_pivot_shows_the_clean_accuracy_cost(sweep: Path) -> None:
+    write_report(sweep, plots=False)
+    der = pivot_rows((sweep / "results.md").read_text(), DER_TITLE)
+    # anp on badnets: DER 88, 89, 90 from removing the whole ASR, but at a cost of 20, 22, 24 points
+    assert der["badnets"]["anp"] == "89.0 ± 1.0 (−22.0)"
+    assert der["badnets"]["clp"] == "75.0 ± 5.0 (+1.0)"  # clean accuracy rose by a point
+    assert der["blend"]["clp"] == "–"
+
+
+def test_pruning_plot_starts_at_the_unpruned_model(sweep: Path) -> None:
+    from benchmark.report import plots
+
+    groups = group_cells(collect(sweep))
+    g = groups[("cifar10", "resnet18")]
+    base = {m: g.stat("badnets", BASELINE, m) for m, _ in plots.CURVE_METRICS}
+    fig = plots.pruning_figure("t", plots.threshold_curves(g, "badnets"), base)
+    try:
+        for ax, (metric, _) in zip(fig.axes, plots.CURVE_METRICS, strict=True):
+            level = 100 * base[metric].mean  # clean acc 92, ASR 100, robust acc 0: the backdoored model
+            assert ax.get_xticklabels()[0].get_text() == "unpruned"
+            x0 = ax.get_xticks()[0]
+            assert x0 < 0.0  # left of the smallest threshold, 0.0, where channels are already pruned
+            lines = {line.get_label(): line for line in ax.get_lines()}
+            assert list(lines["no defense"].get_ydata()) == [level, level]  # the horizontal reference
+            star = [ln for ln in ax.get_lines() if ln.get_marker() == "*"]
+            assert [(x, y) for ln in star for x, y in ln.get_xydata()] == [(x0, pytest.approx(level))]
+        legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert "rnp (0 pruned at t=0)" in legend and "no defense" in legend
+    finally:
+        plots.plt.close(fig)
 
 
 def test_plots_and_the_command_line(sweep: Path, capsys: pytest.CaptureFixture) -> None:
@@ -144,13 +239,15 @@ def test_plots_and_the_command_line(sweep: Path, capsys: pytest.CaptureFixture) 
         "clean_vs_asr_cifar10_resnet18.png",
         "pruning_cifar10_resnet18_badnets.png",
         "pruning_cifar10_resnet18_blend.png",
+        "pruning_cifar10_resnet18_wanet.png",
     ]
     assert all((sweep / "plots" / p).stat().st_size > 5000 for p in plots)
     assert (
         "![pruning_cifar10_resnet18_badnets](plots/pruning_cifar10_resnet18_badnets.png)"
         in (sweep / "results.md").read_text()
     )
-    assert "2 of 19 cells failed or are invalid" in printed
+    assert str(sweep / "report.html") in printed
+    assert "3 of 23 cells failed or are invalid" in printed
 
 
 def test_missing_dir_fails_with_its_name(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -158,3 +255,14 @@ def test_missing_dir_fails_with_its_name(tmp_path: Path, capsys: pytest.CaptureF
     assert str(tmp_path / "nope") in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--max-ca-drop", "5"])
+
+
+def test_dir_without_cells_is_an_error_and_nothing_is_written(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    (tmp_path / "sweep" / ".submitit" / "1").mkdir(parents=True)  # launcher files only: not cells
+    (tmp_path / "sweep" / ".submitit" / "1" / "result.json").write_text("{}")
+    (tmp_path / "sweep" / "multirun.yaml").write_text("x: 1")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert main([str(tmp_path / "sweep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no result.json or failed.json under" in err and str(tmp_path / "sweep") in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before

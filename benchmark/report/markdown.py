@@ -6,7 +6,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmark.report.table import BASELINE, FIRST_DEFENSES, Cell, Group, Key, best_defense
+from benchmark.report.table import (
+    BASELINE,
+    FIRST_DEFENSES,
+    Cell,
+    Group,
+    Key,
+    best_defense,
+    no_best_reason,
+    signed_points,
+)
 
 
 def first_line(text: str, limit: int = 300) -> str:
@@ -34,6 +43,10 @@ def _pivot(g: Group, columns: Sequence[str], fmt: Any) -> list[str]:
     return _table(["attack", *columns], ([a, *(fmt(a, d) for d in columns)] for a in g.attacks()))
 
 
+DER_TITLE = "DER (%), with the clean accuracy change in points (ΔCA)"
+SECONDS_TITLE = "Seconds: backdoor training per model; per cell, defense phase / whole cell without backdoor training"
+
+
 def group_markdown(key: Key, g: Group, max_ca_drop: float, plots: Sequence[str]) -> list[str]:
     dataset, arch = key
     seeds = len({c.row["seed"] for cells in g.ok.values() for c in cells})
@@ -55,17 +68,22 @@ def group_markdown(key: Key, g: Group, max_ca_drop: float, plots: Sequence[str])
 
         return fmt
 
+    def der_ca(attack: str, defense: str) -> str:
+        der, change = stat_cell("der")(attack, defense), g.stat(attack, defense, "ca_change")
+        return der if change is None else f"{der} ({signed_points(change.mean)})"
+
     def seconds(attack: str, defense: str) -> str:
         if defense == BASELINE:  # the backdoored model's training, once per seed (cached for every cell)
-            return stat_cell("train_seconds", 1)(attack, defense)
-        phase, total = stat_cell("seconds_defense", 1)(attack, defense), stat_cell("seconds_total", 1)(attack, defense)
-        return "–" if total == "–" else f"{phase} / {total}"
+            return stat_cell("backdoor_seconds", 1)(attack, defense)
+        phase, cell = stat_cell("seconds_defense", 1)(attack, defense), stat_cell("seconds_cell", 1)(attack, defense)
+        return "–" if cell == "–" else f"{phase} / {cell}"
 
     runtime = _pivot(g, [BASELINE, *g.defenses()], seconds)
     runtime[0] = runtime[0].replace(f"| {BASELINE} |", "| backdoor training |", 1)
-    lines += ["### Clean accuracy / ASR (%)", "", *_pivot(g, columns, ca_asr), ""]
-    lines += ["### DER (%)", "", *_pivot(g, g.defenses(), stat_cell("der")), ""]
-    lines += ["### Seconds: backdoor training per model; per cell, defense phase / whole cell", "", *runtime, ""]
+    notes = [f"- {a}: no best defense: {r}." for a in g.attacks() if (r := no_best_reason(g, a, max_ca_drop))]
+    lines += ["### Clean accuracy / ASR (%)", "", *_pivot(g, columns, ca_asr), "", *notes, *([""] if notes else [])]
+    lines += [f"### {DER_TITLE}", "", *_pivot(g, g.defenses(), der_ca), ""]
+    lines += [f"### {SECONDS_TITLE}", "", *runtime, ""]
     if all(d in g.defenses() for d in FIRST_DEFENSES):
         lines += ["### RNP vs ANP", ""]
         header = ["attack", "clean acc RNP", "clean acc ANP", "ASR RNP", "ASR ANP", "DER RNP", "DER ANP"]
@@ -91,7 +109,11 @@ def markdown(
         f"fewer seeds than the rest. `{BASELINE}` is the backdoored model before any defense (every cell's",
         "`before`). **Bold**: the best defense of the row = the lowest mean ASR among the defenses whose mean",
         f"clean accuracy is at most {100 * max_ca_drop:.1f} points below `{BASELINE}`; ties go to the higher clean",
-        "accuracy; no bold when none qualifies. DER = (max(0, ΔASR) − max(0, ΔCA) + 1) / 2.",
+        "accuracy; no bold when none qualifies (the reason is noted under the pivot).",
+        "DER = (max(0, ΔASR) − max(0, ΔCA) + 1) / 2, shown with the mean clean accuracy change after − before in",
+        "points: a high DER can hide a large loss of clean accuracy. Seconds: backdoor training (+ the attack's",
+        "preparation) once per model, from its training record whichever cell trained it; a cell's seconds leave",
+        "it out even when that cell trained the model (`model_source: trained`).",
         "",
     ]
     for key, g in groups.items():

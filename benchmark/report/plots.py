@@ -6,7 +6,7 @@ Importing this module raises ImportError without matplotlib; the report then ski
 from __future__ import annotations
 
 import io
-import re
+import itertools
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only: no display on a cluster node
 import matplotlib.pyplot as plt
 
 from benchmark.core.io import atomic_write_bytes
-from benchmark.report.table import BASELINE, Group
+from benchmark.report.table import BASELINE, Group, Stat, file_safe
 
 CURVE_METRICS = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"), ("robust_acc", "robust accuracy"))
 
@@ -30,10 +30,6 @@ def _save(fig: Any, path: Path) -> Path:
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
     return path
-
-
-def _safe(*names: str) -> str:
-    return "_".join(re.sub(r"[^A-Za-z0-9_.-]", "-", n) for n in names)
 
 
 def clean_vs_asr(path: Path, title: str, g: Group) -> Path:
@@ -91,15 +87,56 @@ def threshold_curves(g: Group, attack: str) -> dict[str, tuple[list[list[dict[st
     return out
 
 
-def pruning_curves(path: Path, title: str, per_defense: dict[str, tuple[list, list[float]]]) -> Path:
-    """Clean acc, ASR and robust acc against the pruning threshold, one line per defense (mean ± std shaded);
-    dotted verticals: the thresholds the defenses selected (without test data)."""
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), sharex=True)
+def _unpruned_x(per_defense: dict[str, tuple[list, list[float]]]) -> tuple[float, float]:
+    """Where the unpruned model sits: one threshold step left of the smallest threshold (and that threshold)."""
+    ts = sorted(
+        {
+            float(r["threshold"])
+            for curves, _ in per_defense.values()
+            for c in curves
+            for r in c
+            if r.get("threshold") is not None
+        }
+    )
+    steps = [b - a for a, b in itertools.pairwise(ts)]
+    step = max(min(steps) if steps else 0.05, 0.2 * (ts[-1] - ts[0]))  # room for the "unpruned" tick label
+    return ts[0] - step, ts[0]
+
+
+def _first_pruned(curves: list[list[dict[str, Any]]]) -> float | None:
+    """Mean channels pruned at the smallest threshold: what the curve's first point already removes."""
+    counts = []
+    for curve in curves:
+        rows = [r for r in curve if r.get("threshold") is not None and r.get("pruned") is not None]
+        if rows:
+            counts.append(float(min(rows, key=lambda r: float(r["threshold"]))["pruned"]))
+    return statistics.fmean(counts) if counts else None
+
+
+def pruning_curves(
+    path: Path, title: str, per_defense: dict[str, tuple[list, list[float]]], base: dict[str, Stat | None]
+) -> Path:
+    """The pruning figure (`pruning_figure`) as a PNG at `path`."""
+    return _save(pruning_figure(title, per_defense, base), path)
+
+
+def pruning_figure(title: str, per_defense: dict[str, tuple[list, list[float]]], base: dict[str, Stat | None]) -> Any:
+    """Clean acc, ASR and robust acc against the pruning threshold, one line per defense (mean ± std shaded).
+
+    Dotted verticals: the thresholds the defenses selected (without test data). The smallest threshold already
+    prunes channels, so the unpruned model (`base`: the backdoored model's metrics, mean ± std over seeds) is
+    the leftmost point, labelled `unpruned`, and its level runs across as a dashed line (= no defense).
+    """
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8), sharex=True)
+    x0, t0 = _unpruned_x(per_defense)
     for (metric, label), ax in zip(CURVE_METRICS, axes, strict=True):
+        b = base.get(metric)
         for i, (defense, (curves, selected)) in enumerate(per_defense.items()):
             ts, means, stds = mean_curve(curves, metric)
             color = f"C{i}"
-            ax.plot(ts, [100 * m for m in means], marker=".", color=color, label=defense)
+            first = _first_pruned(curves)
+            name = defense if first is None else f"{defense} ({first:.0f} pruned at t={t0:g})"
+            ax.plot(ts, [100 * m for m in means], marker=".", color=color, label=name)
             ax.fill_between(
                 ts,
                 [100 * (m - s) for m, s in zip(means, stds, strict=True)],
@@ -107,14 +144,24 @@ def pruning_curves(path: Path, title: str, per_defense: dict[str, tuple[list, li
                 color=color,
                 alpha=0.15,
             )
+            if b is not None and ts:  # the step from the unpruned model to the first threshold
+                ax.plot([x0, ts[0]], [100 * b.mean, 100 * means[0]], color=color, linestyle="--", linewidth=0.8)
             for t in sorted(set(selected)):
                 ax.axvline(t, color=color, linestyle=":", linewidth=1)
+        if b is not None:
+            ax.axhline(100 * b.mean, color="black", linestyle="--", linewidth=0.8, alpha=0.6, label="no defense")
+            ax.errorbar([x0], [100 * b.mean], yerr=[100 * (b.std or 0.0)], fmt="*", color="black", ms=9, capsize=2)
         ax.set(xlabel="pruning threshold (mask <= t)", ylabel=f"{label} (%)", ylim=(-3, 103))
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    lo, hi = axes[0].get_xlim()
+    ticks = [t for t in axes[0].get_xticks() if t0 - 1e-9 <= t <= hi]
+    for ax in axes:
+        ax.set_xticks([x0, *ticks], ["unpruned", *(f"{t:g}" for t in ticks)])
+        ax.set_xlim(min(lo, x0 - 0.02 * (hi - x0)), hi)
+    axes[0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return fig
 
 
 def group_plots(out_dir: Path, key: tuple[str, str], g: Group) -> list[Path]:
@@ -123,10 +170,11 @@ def group_plots(out_dir: Path, key: tuple[str, str], g: Group) -> list[Path]:
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, arch = key
-    paths = [clean_vs_asr(out_dir / f"clean_vs_asr_{_safe(dataset, arch)}.png", f"{dataset} / {arch}", g)]
+    paths = [clean_vs_asr(out_dir / f"clean_vs_asr_{file_safe(dataset, arch)}.png", f"{dataset} / {arch}", g)]
     for attack in g.attacks():
         per_defense = threshold_curves(g, attack)
         if per_defense:
-            path = out_dir / f"pruning_{_safe(dataset, arch, attack)}.png"
-            paths.append(pruning_curves(path, f"{attack} on {dataset} / {arch}: pruning curves", per_defense))
+            path = out_dir / f"pruning_{file_safe(dataset, arch, attack)}.png"
+            base = {m: g.stat(attack, BASELINE, m) for m, _ in CURVE_METRICS}
+            paths.append(pruning_curves(path, f"{attack} on {dataset} / {arch}: pruning curves", per_defense, base))
     return paths

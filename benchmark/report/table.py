@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -25,11 +26,14 @@ PHASES = ("data", "model", "evaluate", "defense", "curve", "total")
 
 @dataclass
 class Cell:
-    """One cell as the report sees it: a CSV row, plus its curve and selected threshold for the plots."""
+    """One cell as the report sees it: a CSV row, its curve and selected threshold for the plots, and the
+    config and defense info (without the curve) for the HTML page's per-cell details."""
 
     row: dict[str, Any]
     curve: list[dict[str, Any]] = field(default_factory=list)
     selected: float | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -79,11 +83,37 @@ def read_cell(root: Path, path: Path) -> Cell:
     for phase in ("before", "after"):
         row.update({f"{phase}_{k}": obj[phase][k] for k in METRIC_KEYS})
     row["der"] = obj.get("der")
+    row["ca_change"] = obj["after"]["clean_acc"] - obj["before"]["clean_acc"]
     row.update({f"seconds_{k}": v for k, v in obj["timing_s"].items()})
-    row["train_seconds"] = (obj.get("model_meta") or {}).get("train_seconds")
-    info = obj.get("defense_info") or {}
-    selected = info.get("selected_threshold")
-    return Cell(row, curve=list(info.get("curve") or []), selected=selected)
+    row.update(_training_seconds(obj))
+    info = dict(obj.get("defense_info") or {})
+    curve = list(info.pop("curve", None) or [])
+    config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    return Cell(row, curve=curve, selected=info.get("selected_threshold"), config=config, info=info)
+
+
+def _training_seconds(obj: dict[str, Any]) -> dict[str, Any]:
+    """The backdoored model's training (and attack preparation) seconds, and the cell's own seconds without them.
+
+    `timing_s.model` includes training only when this cell trained the model (`model_source: trained`); a cell
+    that loaded it from the cache or the zoo did not pay for it, so only a trained cell's total is reduced.
+    """
+    meta = obj.get("model_meta") if isinstance(obj.get("model_meta"), dict) else {}
+    train, prepare = _number(meta.get("train_seconds")), _number(meta.get("attack_prepare_seconds"))
+    backdoor = None if train is None and prepare is None else (train or 0.0) + (prepare or 0.0)
+    total = _number(obj["timing_s"].get("total"))
+    paid = backdoor if obj.get("model_source") == "trained" and backdoor is not None else 0.0
+    cell = None if total is None else max(0.0, total - paid)
+    return {
+        "train_seconds": train,
+        "attack_prepare_seconds": prepare,
+        "backdoor_seconds": backdoor,
+        "seconds_cell": cell,
+    }
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def collect(root: Path) -> list[Cell]:
@@ -99,19 +129,27 @@ def _order(c: Cell) -> tuple:
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     head = [*CELL_KEYS, "status", "model_source"]
-    metrics = [f"{p}_{k}" for p in ("before", "after") for k in METRIC_KEYS] + ["der"]
+    metrics = [f"{p}_{k}" for p in ("before", "after") for k in METRIC_KEYS] + ["der", "ca_change"]
     seen = {k for r in rows for k in r}
-    phases = [f"seconds_{p}" for p in PHASES] + sorted(
-        k for k in seen if k.startswith("seconds_") and k[8:] not in PHASES
+    phases = [f"seconds_{p}" for p in (*PHASES, "cell")] + sorted(
+        k for k in seen if k.startswith("seconds_") and k[8:] not in (*PHASES, "cell")
     )
-    return [*head, *metrics, *[p for p in phases if p in seen], "train_seconds", "error", "path"]
+    training = ["train_seconds", "attack_prepare_seconds", "backdoor_seconds"]
+    return [*head, *metrics, *[p for p in phases if p in seen], *training, "error", "path"]
+
+
+def rounded(key: str, value: Any) -> Any:
+    """A float as the CSV shows it: seconds to 3 decimals, fractions (metrics) to 6; no float32 noise."""
+    if not isinstance(value, float) or not math.isfinite(value):
+        return value
+    return round(value, 3 if "seconds" in key else 6)
 
 
 def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({k: rounded(k, v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
 
 
@@ -135,7 +173,17 @@ class Stat:
         return f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.std is not None else "")
 
 
+def signed_points(fraction: float) -> str:
+    """A change of a fraction in percentage points with its sign: `+0.4`, `−12.3` (a true minus sign)."""
+    return f"{100 * fraction:+.1f}".replace("-", "−")
+
+
 Key = tuple[str, str]  # (dataset, arch)
+
+
+def file_safe(*names: str) -> str:
+    """Names joined into a file name (plots/): anything but letters, digits, `_.-` becomes `-`."""
+    return "_".join(re.sub(r"[^A-Za-z0-9_.-]", "-", n) for n in names)
 
 
 @dataclass
@@ -162,7 +210,7 @@ class Group:
                     for c in cells:  # every defense cell of a seed starts from the same model
                         per_seed.setdefault(c.row["seed"], c.row.get(f"before_{metric}", c.row.get(metric)))
             return Stat.of(per_seed.values())
-        column = metric if metric == "der" or metric.startswith("seconds_") else f"after_{metric}"
+        column = f"after_{metric}" if metric in METRIC_KEYS else metric
         return Stat.of(c.row.get(column) for c in self.ok.get((attack, defense), []))
 
 
@@ -182,12 +230,36 @@ def best_defense(group: Group, attack: str, max_ca_drop: float) -> str | None:
     base = group.stat(attack, BASELINE, "clean_acc")
     if base is None:
         return None
-    candidates = []
+    means = _defense_means(group, attack)
+    candidates = [(asr, -ca, d) for d, ca, asr in means if base.mean - ca <= max_ca_drop + 1e-12]
+    return min(candidates)[2] if candidates else None
+
+
+def _defense_means(group: Group, attack: str) -> list[tuple[str, float, float]]:
+    """(defense, mean clean acc, mean ASR) of each defense of `attack` that has both."""
+    out = []
     for d in group.defenses():
         ca, asr = group.stat(attack, d, "clean_acc"), group.stat(attack, d, "asr")
-        if ca is not None and asr is not None and base.mean - ca.mean <= max_ca_drop + 1e-12:
-            candidates.append((asr.mean, -ca.mean, d))
-    return min(candidates)[2] if candidates else None
+        if ca is not None and asr is not None:
+            out.append((d, ca.mean, asr.mean))
+    return out
+
+
+def no_best_reason(group: Group, attack: str, max_ca_drop: float) -> str | None:
+    """Why `best_defense` is None for `attack` (None when there is a best defense): shown under the pivot."""
+    if best_defense(group, attack, max_ca_drop) is not None:
+        return None
+    base = group.stat(attack, BASELINE, "clean_acc")
+    if base is None:
+        return "no baseline: no cell of this attack finished, so there is no backdoored model to compare with"
+    means = _defense_means(group, attack)
+    if not means:
+        return "no defense finished on this attack"
+    d, ca, _ = max(means, key=lambda m: m[1])
+    return (
+        f"no defense within {100 * max_ca_drop:.1f} points of the baseline's clean accuracy "
+        f"({100 * base.mean:.1f}); the closest, {d}, loses {100 * (base.mean - ca):.1f}"
+    )
 
 
 def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
@@ -198,11 +270,15 @@ def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
             for defense in [BASELINE, *g.defenses()]:
                 row: dict[str, Any] = {"dataset": dataset, "arch": arch, "attack": attack, "defense": defense}
                 row["failed"] = 0 if defense == BASELINE else len(g.bad.get((attack, defense), []))
-                metrics = [*METRIC_KEYS] + ([] if defense == BASELINE else ["der", "seconds_defense", "seconds_total"])
+                metrics = [*METRIC_KEYS] + (
+                    ["backdoor_seconds"]
+                    if defense == BASELINE
+                    else ["der", "ca_change", "seconds_defense", "seconds_cell"]
+                )
                 for m in metrics:
                     s = g.stat(attack, defense, m)
                     row["n"] = max(row.get("n", 0), s.n if s else 0)
-                    row[f"{m}_mean"] = round(s.mean, 6) if s else None
-                    row[f"{m}_std"] = round(s.std, 6) if s and s.std is not None else None
+                    row[f"{m}_mean"] = rounded(m, s.mean) if s else None
+                    row[f"{m}_std"] = rounded(m, s.std) if s and s.std is not None else None
                 rows.append(row)
     return rows

@@ -13,12 +13,17 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from benchmark.core.errors import stop_interrupted
+from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.core.io import atomic_write_text
+from benchmark.report.html import html_report
 from benchmark.report.markdown import first_line, markdown
 from benchmark.report.table import Cell, Group, Key, collect, columns, group_cells, summary_rows, to_csv
 
 log = logging.getLogger("benchmark.report")
+
+
+class NoCellsError(BenchmarkError, FileNotFoundError):
+    """The report's directory is missing or holds no cell file: nothing to report, and nothing is written."""
 
 
 @dataclass
@@ -32,14 +37,22 @@ class Report:
 
 
 def write_report(root: Path, max_ca_drop: float = 0.05, plots: bool = True) -> Report:
-    """Read every cell under `root` and write results.csv, summary.csv, results.md and plots/ there."""
+    """Read every cell under `root` and write results.csv, summary.csv, results.md, report.html and plots/ there.
+
+    Raises NoCellsError, before writing anything, when `root` is not a directory or holds no cell.
+    """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"report: {root} is not a directory (pass a sweep dir, e.g. outputs/multirun/NAME)")
+        raise NoCellsError(f"report: {root} is not a directory (pass a sweep dir, e.g. outputs/multirun/NAME)")
     cells = collect(root)
+    if not cells:
+        raise NoCellsError(
+            f"report: no result.json or failed.json under {root}; nothing written (pass a sweep dir, "
+            "e.g. outputs/multirun/NAME, after its cells ran)"
+        )
     groups = group_cells(cells)
     rows = [c.row for c in cells]
-    files = [root / "results.csv", root / "summary.csv", root / "results.md"]
+    files = [root / "results.csv", root / "summary.csv", root / "results.md", root / "report.html"]
     atomic_write_text(files[0], to_csv(rows, columns(rows)))
     summary = summary_rows(groups)
     atomic_write_text(files[1], to_csv(summary, list(dict.fromkeys(k for r in summary for k in r))))
@@ -48,6 +61,7 @@ def write_report(root: Path, max_ca_drop: float = 0.05, plots: bool = True) -> R
         images = _plots(root, groups)
         files += [root / p for ps in images.values() for p in ps]
     atomic_write_text(files[2], markdown(root, cells, groups, max_ca_drop, images))
+    atomic_write_text(files[3], html_report(root, cells, groups, max_ca_drop, images))
     log.info("report: %d cells (%d failed or invalid) -> %s", len(cells), sum(not c.ok for c in cells), files[2])
     return Report(cells, files)
 
@@ -117,6 +131,9 @@ class ReportCallback(Callback):
             logger = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else {}
             if isinstance(logger, dict) and logger.get("kind") == "wandb":
                 log_to_wandb(report, root, logger, root.name)
+        except NoCellsError as exc:  # no cell left a file (all killed?): nothing to report, no traceback
+            log.error("%s", exc)
+            failed = True
         except Exception:  # the cells' results are safe on disk; say how to redo the report
             log.exception("report failed; rerun it with: python -m benchmark.report %s", root)
             failed = True
@@ -154,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-ca-drop={args.max_ca_drop} is out of range: allowed [0.0, 1.0]")
     try:
         report = write_report(args.dir, args.max_ca_drop, plots=not args.no_plots)
-    except FileNotFoundError as exc:
+    except NoCellsError as exc:
         print(exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
