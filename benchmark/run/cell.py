@@ -25,6 +25,7 @@ from attacks.poison import poison_for_training, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset, make_splits
+from benchmark.core.data.source import Source, file_specs
 from benchmark.core.download.fetch import sha256_file
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import Metrics, der, evaluate
@@ -54,6 +55,8 @@ class DatasetConfig(Checked):
     test_limit: int | None = bounded(None, 1)
     download: bool = True
     augment: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)  # archives: role -> {url | gdrive, md5, sha256}
+    mirror: str | None = None  # replaces every archive URL up to its file name (top-level `mirror`)
 
 
 @dataclass
@@ -166,7 +169,7 @@ class CellData:
 def prepare_data(parts: CellParts, root: Path, device: torch.device) -> CellData:
     """Load the dataset, split off the reserve and draw the defense data from it."""
     ds = parts.dataset
-    train, test = load_dataset(ds.name, root, ds.download)
+    train, test = load_dataset(ds.name, root, Source(ds.download, file_specs(ds.files), ds.mirror, ds.size))
     splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     gen = torch.Generator().manual_seed(parts.seed)
     defense = splits.reserve.subset(torch.randperm(len(splits.reserve), generator=gen)[: parts.defense_size])
