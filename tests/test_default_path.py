@@ -27,6 +27,7 @@ from tests import standins
 from tests.fileserver import FileServer
 from tests.test_cli import run_cli
 
+REPO = Path(__file__).resolve().parents[1]
 RNP_ID = load_registry()["cifar10/resnet18/badnets"].gdrive
 CIFAR_SETTINGS = {
     "attack.target": 0, "attack.poison_rate": 0.1, "attack.label_mode": "all2one", "attack.cell_px": None,
@@ -189,7 +190,8 @@ def cli(server: FileServer, home: Path, run_dir: Path, *args: str):
             f"dataset.files.{role}.md5={md5(server.files[f'{m}/{s.name}'])}"
             for role, s in default_files(dataset).items()
         ]
-    env = {GDRIVE_ENV: server.base + "/gdrive/{id}", "HYDRA_FULL_ERROR": None}
+    # PYTHONPATH: this checkout's code, not whichever copy is installed (the CLI runs in `home`)
+    env = {GDRIVE_ENV: server.base + "/gdrive/{id}", "HYDRA_FULL_ERROR": None, "PYTHONPATH": str(REPO)}
     return run_cli([*SMALL, *pins, *args, f"hydra.run.dir={run_dir}"], home, timeout=900, **env)
 
 
