@@ -225,9 +225,9 @@ def test_the_paper_command_reaches_a_result_from_the_zoo_and_reruns_offline(serv
 @pytest.mark.parametrize(
     "args",
     [
-        ["experiment=rnp_cifar10", "arch.kwargs.width=8"],
-        ["dataset=cifar100", "arch.kwargs.width=8"],
-        ["dataset=gtsrb", "arch.kwargs.width=8"],
+        ["experiment=rnp_cifar10", "+arch.kwargs.width=8"],
+        ["dataset=cifar100", "+arch.kwargs.width=8"],
+        ["dataset=gtsrb", "+arch.kwargs.width=8"],
         [
             "experiment=rnp_imagenet12",
             "dataset.size=48",
