@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 
 from benchmark.core.data import imagenet12, load_dataset
+from benchmark.core.data.source import Source, default_files
 from benchmark.core.download.archives import UnsafeArchiveError
 from benchmark.core.download.fetch import GDRIVE_ENV
 from benchmark.core.errors import DataMissingError
 from tests.fileserver import FileServer
 
-ID = imagenet12.SOURCE.gdrive
+ID = default_files("imagenet12")["archive"].gdrive
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # synset-style folder names; labels follow sorted order
 
 
@@ -111,7 +112,7 @@ def test_folders_extracted_by_hand_need_no_download(drive, tmp_home) -> None:
     for name, data in _tree("by-hand/").items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(data)
-    train, test = imagenet12.load(root, download=False)
+    train, test = imagenet12.load(root, Source(download=False))
     assert len(train) == 6 and len(test) == 3 and drive.requests == []
 
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset, make_splits
+from benchmark.core.data.source import Source, file_specs
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.run.config import RunConfig, build_run_config, check_writable
 from benchmark.run.loggers import make_logger
@@ -43,7 +44,8 @@ def timed(timing: dict[str, float], phase: str) -> Iterator[None]:
 def prepare_data(rc: RunConfig, device: torch.device) -> CellData:
     """Load the dataset, split off the reserve and draw the defense data from it."""
     ds = rc.dataset
-    train, test = load_dataset(ds.name, Path(rc.paths.data), ds.download)
+    source = Source(ds.download, file_specs(ds.files), ds.mirror, ds.size)
+    train, test = load_dataset(ds.name, Path(rc.paths.data), source)
     splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     pick = torch.randperm(len(splits.reserve), generator=Streams(rc.seed).defense_subset())[: rc.defense_data.size]
     return CellData(

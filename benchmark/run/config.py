@@ -67,6 +67,8 @@ class DatasetConfig(Checked):
     test_limit: int | None = bounded(None, 1)
     download: bool = True
     augment: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Any] = field(default_factory=dict)  # archives: role -> {url | gdrive, md5, sha256}
+    mirror: str | None = None  # replaces every archive URL up to its file name (top-level `mirror`)
 
 
 @dataclass

@@ -1,10 +1,11 @@
 """ImageNet-12: the 12-class ImageNet subset of the RNP paper, as uint8 tensors at 224x224.
 
-The archive (Google Drive, id below) is fetched with gdown into `<data>/imagenet12/`, extracted safely,
+The archive (Google Drive, id in conf/dataset/imagenet12.yaml `files.archive`) is fetched with gdown into
+`<data>/imagenet12/`, extracted safely,
 and searched for its train and validation class folders whatever its top-level layout (a wrapping
 folder or two, `val`/`validation`/`test`, nested zip/tar archives, macOS `__MACOSX` debris). Images are
-decoded once, resized to 224x224 (no crop: the whole image, as `Resize((224, 224))`) and kept as a
-tensor file, so later runs load tensors. Class indices follow sorted folder names (ImageFolder's rule).
+decoded once, resized to 224x224 (`dataset.size`; no crop: the whole image, as `Resize((224, 224))`) and
+kept as a tensor file, so later runs load tensors. Class indices follow sorted folder names (ImageFolder's rule).
 Files placed by hand work too: an archive saved under the name below, or the folders extracted anywhere
 under `<data>/imagenet12/`.
 """
@@ -22,15 +23,14 @@ from tqdm.auto import tqdm
 
 from benchmark.core.data.images import ImageSet
 from benchmark.core.data.registry import OFFLINE_HINT, register_loader
+from benchmark.core.data.source import FileSpec, Source, extract_fetched
 from benchmark.core.download.archives import archive_stem, extract, sniff
-from benchmark.core.download.fetch import Fetched, FetchError, Remote, fetch
+from benchmark.core.download.fetch import Fetched, FetchError, fetch
 from benchmark.core.errors import DataMissingError
 from benchmark.core.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-SOURCE = Remote(gdrive="1yG9ENDUbOIUKY1i5ADu4X_7Lhbvqca2w")
-SHA256: str | None = None  # not known here: recorded and printed on first fetch
 ARCHIVE = "imagenet12-archive"
 DEADLINE_S = 6 * 3600.0  # the whole archive download; the minimum rate (fetch's default, 10 kB/s) cuts a stall
 SIZE = 224
@@ -109,34 +109,47 @@ def _extract_nested(folder: Path) -> bool:
     return found
 
 
-def _how(root: Path) -> str:
+def _how(root: Path, spec: FileSpec, source: Source) -> str:
     return (
-        f"download {SOURCE.public()}\nand save it as {root / ARCHIVE}, or extract it anywhere under {root} "
-        f"(train/ and val/ folders of class folders). {OFFLINE_HINT}"
+        f"download {spec.remote(source.mirror).public()}\nand save it as {root / ARCHIVE}, "
+        f"or extract it anywhere under {root} (train/ and val/ folders of class folders). {OFFLINE_HINT}"
     )
 
 
-def _fetch_archive(root: Path, download: bool) -> Fetched:
+def _fetch_archive(root: Path, source: Source) -> Fetched:
     """The archive in `root` (downloaded if allowed) and its sha256; missing data becomes one clear message."""
-    if not download and not (root / ARCHIVE).exists():
+    spec = source.file("imagenet12", "archive")
+    if not source.download and not (root / ARCHIVE).exists():
         raise DataMissingError(
-            f"Dataset 'imagenet12' not found in {root} and dataset.download=false.\nTo install it by hand: {_how(root)}"
+            f"Dataset 'imagenet12' not found in {root} and dataset.download=false.\n"
+            f"To install it by hand: {_how(root, spec, source)}"
         )
     try:
-        return fetch(SOURCE, root / ARCHIVE, SHA256, deadline_s=DEADLINE_S, what="ImageNet-12 archive")
+        remote = spec.remote(source.mirror)
+        return fetch(
+            remote,
+            root / ARCHIVE,
+            spec.sha256,
+            md5=spec.md5,
+            timeout_s=source.timeout_s,
+            deadline_s=DEADLINE_S,
+            what="ImageNet-12 archive",
+        )
     except FetchError as exc:
         raise DataMissingError(f"{exc}\nOr extract it by hand anywhere under {root}. {OFFLINE_HINT}") from exc
 
 
-def locate(root: Path, download: bool) -> tuple[Path, Path]:
+def locate(root: Path, source: Source) -> tuple[Path, Path]:
     """The train and val folders: already under `root`, else from the (fetched) archive."""
     root.mkdir(parents=True, exist_ok=True)
     found = find_splits(root)
     if found:
         return found
-    fetched = _fetch_archive(root, download)
+    fetched = _fetch_archive(root, source)
     archive = fetched.path
-    folder = extract(archive, root / f"extracted-{fetched.sha256[:12]}")  # a replaced archive extracts afresh
+    folder = extract_fetched(
+        [fetched], root / f"extracted-{fetched.sha256[:12]}", "imagenet12"
+    )  # new archive: new folder
     found = find_splits(folder) or (find_splits(folder) if _extract_nested(folder) else None)
     if found is None:
         tops = ", ".join(sorted(p.name for p in folder.iterdir())[:20]) or "nothing"
@@ -168,20 +181,21 @@ def read_folder(folder: Path, classes: list[str], size: int = SIZE) -> ImageSet:
 
 
 @register_loader("imagenet12")
-def load(root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
-    """(train, test) at 224x224 from the tensor cache, else from the folders (fetched when needed)."""
-    cached = root / f"imagenet12_{SIZE}.pt"
+def load(root: Path, source: Source) -> tuple[ImageSet, ImageSet]:
+    """(train, test) at `dataset.size` (224) from the tensor cache, else from the folders (fetched when needed)."""
+    size = source.size or SIZE
+    cached = root / f"imagenet12_{size}.pt"
     if cached.exists():
         blob = torch.load(cached, map_location="cpu", weights_only=True, mmap=True)  # ~2 GB: no second copy
         return ImageSet(blob["train_x"], blob["train_y"]), ImageSet(blob["test_x"], blob["test_y"])
-    train_dir, test_dir = locate(root, download)
+    train_dir, test_dir = locate(root, source)
     classes = [p.name for p in _class_dirs(train_dir)]
     test_classes = [p.name for p in _class_dirs(test_dir)]
     if test_classes != classes:
         only = sorted(set(classes) ^ set(test_classes))
         raise DataMissingError(f"ImageNet-12: {train_dir} and {test_dir} have different class folders: {only}")
-    log.info("ImageNet-12: %d classes in %s and %s; resizing to %d px once", len(classes), train_dir, test_dir, SIZE)
-    train, test = read_folder(train_dir, classes), read_folder(test_dir, classes)
+    log.info("ImageNet-12: %d classes in %s and %s; resizing to %d px once", len(classes), train_dir, test_dir, size)
+    train, test = read_folder(train_dir, classes, size), read_folder(test_dir, classes, size)
     blob = {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y, "classes": classes}
     atomic_torch_save(blob, cached)
     return train, test

@@ -6,11 +6,21 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.core.data.images import ImageSet
+from benchmark.core.data.source import OFFLINE_HINT, Source
 from benchmark.core.errors import ConfigError, DataMissingError
 
-OFFLINE_HINT = "For an offline run on embedded data use: python -m benchmark experiment=quickstart"
+__all__ = [
+    "OFFLINE_HINT",
+    "Loader",
+    "Source",
+    "download_failed",
+    "load_dataset",
+    "loader_names",
+    "missing",
+    "register_loader",
+]
 
-Loader = Callable[[Path, bool], tuple[ImageSet, ImageSet]]
+Loader = Callable[[Path, Source], tuple[ImageSet, ImageSet]]
 _LOADERS: dict[str, Loader] = {}
 
 
@@ -30,11 +40,16 @@ def loader_names() -> list[str]:
     return sorted(_LOADERS)
 
 
-def load_dataset(name: str, root: Path, download: bool) -> tuple[ImageSet, ImageSet]:
-    """Load `(train, test)` of dataset `name` from `root/<name>`, downloading it if allowed."""
+def load_dataset(name: str, root: Path, download: bool | Source) -> tuple[ImageSet, ImageSet]:
+    """Load `(train, test)` of dataset `name` from `root/<name>`, downloading it if allowed.
+
+    `download` is a `Source` (where from, which hashes, which size) or a bool: the archives the dataset's
+    config names, downloaded or not.
+    """
     if name not in _LOADERS:
         raise ConfigError(f"Unknown dataset {name!r}; choose from {', '.join(loader_names())}")
-    return _LOADERS[name](Path(root).expanduser() / name, download)
+    source = download if isinstance(download, Source) else Source(download=download)
+    return _LOADERS[name](Path(root).expanduser() / name, source)
 
 
 def missing(name: str, root: Path, expected: str, how: str, reason: str) -> DataMissingError:

@@ -10,13 +10,18 @@ whole. Members land in a temporary directory that is renamed into place only whe
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import logging
+import lzma
 import os
 import shutil
 import stat
 import tarfile
 import tempfile
 import zipfile
+import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
@@ -132,29 +137,67 @@ def _check_tar(tf: tarfile.TarFile, archive: Path) -> None:
 
 def extract(archive: Path, target: Path, kind: Kind | None = None) -> Path:
     """Extract `archive` into `target` (all members checked first; atomic: a temp dir renamed into place)."""
-    archive, target = Path(archive), Path(target)
+    return extract_many([archive], target, [kind])
+
+
+def extract_many(archives: list[Path], target: Path, kinds: list[Kind | None] | None = None) -> Path:
+    """Extract several archives into one `target` (GTSRB's three zips share one tree), all or nothing.
+
+    `kinds`: each archive's kind when already known (e.g. sniffed with a zoo entry's declared format).
+    """
+    archives, target = [Path(a) for a in archives], Path(target)
     if target.exists():
         return target
-    kind = kind or sniff(archive)
-    if kind == "checkpoint":
-        raise BenchmarkError(f"{archive} is a single checkpoint, not an archive of files")
+    known = list(kinds) if kinds is not None else [None] * len(archives)
+    resolved: list[Kind] = []
+    for archive, kind in zip(archives, known, strict=True):
+        with _reading(archive):
+            kind = kind or sniff(archive)
+        if kind == "checkpoint":
+            raise BenchmarkError(f"{archive} is a single checkpoint, not an archive of files")
+        resolved.append(kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".extracting"))
     try:
-        if kind == "zip":
-            with zipfile.ZipFile(archive) as zf:
-                _check_zip(zf, archive)
-                zf.extractall(tmp)
-        else:
-            with tarfile.open(archive) as tf:
-                _check_tar(tf, archive)
-                tf.extractall(tmp, filter="data")  # the stdlib's own guard as a second line of defence
+        for archive, kind in zip(archives, resolved, strict=True):
+            _extract_into(archive, tmp, kind)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log.info("extracted %s -> %s", archive.name, target)
+    log.info("extracted %s -> %s", ", ".join(a.name for a in archives), target)
     return target
+
+
+@contextlib.contextmanager
+def _reading(archive: Path) -> Iterator[None]:
+    """Reading errors of a truncated or corrupted archive become one error naming the file."""
+    try:
+        yield
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
+        raise DamagedArchiveError(archive, exc) from exc
+
+
+def _extract_into(archive: Path, folder: Path, kind: Kind) -> None:
+    """Check every member of one archive, then extract it."""
+    with _reading(archive):
+        if kind == "zip":
+            with zipfile.ZipFile(archive) as zf:
+                _check_zip(zf, archive)
+                zf.extractall(folder)
+        else:
+            with tarfile.open(archive) as tf:
+                _check_tar(tf, archive)
+                tf.extractall(folder, filter="data")  # the stdlib's own guard as a second line of defence
+
+
+class DamagedArchiveError(BenchmarkError):
+    """An archive cannot be read to its end (truncated download, corrupted bytes)."""
+
+    def __init__(self, archive: Path, cause: BaseException) -> None:
+        self.archive = archive
+        detail = next((ln for ln in str(cause).splitlines() if ln.strip()), "unreadable")
+        super().__init__(f"{archive} is damaged ({type(cause).__name__}: {detail}); nothing was extracted")
 
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".zip", ".tar")

@@ -98,11 +98,25 @@ def check_sha256(sha256: str | None, owner: str = "") -> None:
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
+    return _digest(path, hashlib.sha256())
+
+
+def md5_file(path: Path) -> str:
+    """The md5 some publishers (torchvision's dataset sources) pin instead of a sha256."""
+    return _digest(path, hashlib.md5(usedforsecurity=False))
+
+
+def _digest(path: Path, h: Any) -> str:
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def check_md5(md5: str | None, owner: str = "") -> None:
+    """A pinned md5 must be 32 lowercase hex digits (null: not pinned)."""
+    if md5 is not None and (len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5)):
+        raise ConfigError(f"{owner}md5={md5!r} is invalid: expected 32 lowercase hex digits, or null")
 
 
 def meta_path(path: Path) -> Path:
@@ -116,13 +130,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
         return {}
 
 
-def _record(path: Path, remote: Remote, digest: str, pinned: str | None) -> None:
+def _record(path: Path, remote: Remote, digest: str, pinned: str | None, md5: str | None = None) -> None:
     """Write the cache metadata; an unpinned sha256 is printed so the user can pin it in the zoo."""
     atomic_write_json(
         meta_path(path),
         {
             "source": remote.public(),
             "sha256": digest,
+            **({"md5": md5} if md5 else {}),
             "pinned": pinned is not None,
             "size": path.stat().st_size,
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -284,12 +299,12 @@ def _drop_partials_of_other_source(tmp: Path, remote: Remote) -> None:
             part.unlink()
 
 
-def _verify_cached(dest: Path, remote: Remote, sha256: str | None) -> Fetched | None:
-    """The cached file if it is intact; a file that fails its pinned hash is deleted (then re-fetched)."""
+def _verify_cached(dest: Path, remote: Remote, sha256: str | None, md5: str | None) -> Fetched | None:
+    """The cached file if it is intact; a file that fails a pinned hash is deleted (then re-fetched)."""
     if not dest.exists():
         return None
     fetched_from = _read_meta(dest).get("source")
-    if sha256 is None and fetched_from is not None and fetched_from != remote.public():
+    if sha256 is None and md5 is None and fetched_from is not None and fetched_from != remote.public():
         log.warning(
             "cached %s was fetched from %s, but the source is now %s: fetching it again", dest, fetched_from,
             remote.public(),
@@ -298,8 +313,11 @@ def _verify_cached(dest: Path, remote: Remote, sha256: str | None) -> Fetched | 
         meta_path(dest).unlink(missing_ok=True)
         return None
     digest = sha256_file(dest)
-    if sha256 is not None and digest != sha256:
-        log.warning("cached %s has sha256 %s, expected %s: deleting it and fetching again", dest, digest, sha256)
+    meta = _read_meta(dest)  # its md5 was taken from these very bytes when their sha256 still matches
+    known_md5 = meta.get("md5") if meta.get("sha256") == digest else None
+    bad_md5 = md5 is not None and (known_md5 or md5_file(dest)) != md5
+    if (sha256 is not None and digest != sha256) or bad_md5:
+        log.warning("cached %s does not have its pinned sha256/md5: deleting it and fetching again", dest)
         dest.unlink()
         meta_path(dest).unlink(missing_ok=True)
         return None
@@ -307,7 +325,7 @@ def _verify_cached(dest: Path, remote: Remote, sha256: str | None) -> Fetched | 
     if recorded != digest:
         if recorded is not None:
             log.warning("cached %s changed since it was fetched (sha256 %s, recorded %s)", dest, digest, recorded)
-        _record(dest, remote, digest, sha256)
+        _record(dest, remote, digest, sha256, md5)
     return Fetched(dest, digest, downloaded=False)
 
 
@@ -333,19 +351,22 @@ def fetch(
     retries: int = 2,
     quiet: bool = False,
     what: str = "file",
+    md5: str | None = None,
 ) -> Fetched:
     """`dest`, downloaded from `remote` unless it is already cached, verified against `sha256` if pinned.
 
     Concurrent callers share one download (file lock). A pinned hash that does not match: the file is
-    deleted, nothing is cached and `ChecksumError` says so. Network trouble, or a transfer past
-    `deadline_s` or below `min_rate_kb_s`: `FetchError` with how to put the file in place by hand; partial
-    bytes stay for the next attempt to resume. An unpinned file cached from another source is fetched again.
+    deleted, nothing is cached and `ChecksumError` says so (likewise a pinned `md5`, for sources that publish
+    only an md5). Network trouble, or a transfer past `deadline_s` or below `min_rate_kb_s`: `FetchError` with
+    how to put the file in place by hand; partial bytes stay for the next attempt to resume. An unpinned file
+    cached from another source is fetched again.
     """
     check_sha256(sha256)
+    check_md5(md5)
     dest = Path(dest).expanduser()
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
-        cached = _verify_cached(dest, remote, sha256)
+        cached = _verify_cached(dest, remote, sha256, md5)
         if cached is not None:
             log.info("%s: using cached %s", what, dest)
             return cached
@@ -371,7 +392,15 @@ def fetch(
                 f"it is not the published file (changed upstream, or corrupted in transit). It was deleted; "
                 f"nothing was cached."
             )
+        if md5 is not None and (got := md5_file(tmp)) != md5:
+            tmp.unlink(missing_ok=True)
+            meta_path(tmp).unlink(missing_ok=True)
+            raise ChecksumError(
+                f"The {what} downloaded from {remote.public()} has md5 {got}, but {md5} is pinned: it is not the "
+                f"published file (changed upstream, a wrong mirror, or corrupted in transit). It was deleted; "
+                f"nothing was cached."
+            )
         os.replace(tmp, dest)
         meta_path(tmp).unlink(missing_ok=True)
-        _record(dest, remote, digest, sha256)
+        _record(dest, remote, digest, sha256, md5)
         return Fetched(dest, digest, downloaded=True)
