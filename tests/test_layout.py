@@ -1,0 +1,72 @@
+"""The floors hold: the methods stand on benchmark.core only, core imports nothing above it, no import cycles."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("benchmark", "attacks", "defenses")
+ABOVE_CORE = ("benchmark.weights", "benchmark.run", "benchmark.report", "benchmark.perf", "attacks", "defenses")
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """Every project module and the project modules it imports (lazy and type-only imports included)."""
+    graph: dict[str, set[str]] = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            found = set()
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+                elif isinstance(node, ast.Import):
+                    found |= {a.name for a in node.names}
+            graph[_module(path)] = {m for m in found if m.split(".")[0] in PACKAGES}
+    return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+
+
+def test_methods_import_only_the_core() -> None:
+    bad = [
+        (m, d)
+        for m, deps in _imports().items()
+        if m.startswith(("attacks", "defenses"))
+        for d in deps
+        if d.startswith("benchmark") and not d.startswith("benchmark.core") and d != "benchmark"
+    ]
+    assert not bad, f"attacks/ and defenses/ may import only benchmark.core: {bad}"
+
+
+def test_core_imports_nothing_above_it() -> None:
+    bad = [
+        (m, d)
+        for m, deps in _imports().items()
+        if m.startswith("benchmark.core")
+        for d in deps
+        if d.startswith(ABOVE_CORE)
+    ]
+    assert not bad, f"benchmark/core imports the floors above it: {bad}"
+
+
+def test_no_import_cycles() -> None:
+    graph = _imports()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                return [*path, m, d]
+            if d not in state and (cycle := visit(d, [*path, m])):
+                return cycle
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state:
+            cycle = visit(m, [])
+            assert cycle is None, "import cycle: " + " -> ".join(cycle)
