@@ -22,17 +22,15 @@ import torch
 from torch import Tensor, nn
 
 from attacks.base import Attack, AttackContext
+from benchmark.core.archs import classifier_head
 from benchmark.core.errors import ConfigError
 from benchmark.core.training import TrainHook, TrainRecipe
 from benchmark.core.validation import bounded
 
 
 def head(model: nn.Module) -> nn.Linear:
-    """The classifier head: the last `nn.Linear` registered in `model`."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"{type(model).__name__} has no nn.Linear classifier head to take features from")
-    return linears[-1]
+    """The classifier head whose input features the clean-model attacks read."""
+    return classifier_head(model, "the attack cannot take features from it")
 
 
 def penultimate(model: nn.Module, x: Tensor) -> Tensor:

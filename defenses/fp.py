@@ -24,8 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from benchmark.core.archs import classifier_head
 from benchmark.core.data import ImageSet
-from benchmark.core.errors import ConfigError
 from benchmark.core.training import TrainHook, to_input
 from benchmark.core.validation import bounded
 from defenses.base import CurvePoint, DefenseData, DefenseOutput
@@ -96,10 +96,7 @@ class FinePruning(FineTuning):
 
 def last_linear(model: nn.Module) -> nn.Linear:
     """The classifier's final Linear; Fine-Pruning needs the features that enter it."""
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ConfigError(f"{type(model).__name__} has no Linear layer: Fine-Pruning cannot find its last layer")
-    return linears[-1]
+    return classifier_head(model, "Fine-Pruning cannot find its last layer")
 
 
 def head_name(model: nn.Module, head: nn.Module) -> str:

@@ -32,10 +32,10 @@ class Metrics:
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` in eval mode, on the CPU as a copy with every BatchNorm2d folded into the conv before it.
 
-    Folding drops a pass over every activation map: on 2 CPU cores `evaluate` of ResNet-18 (width 16) ran 25%
-    faster in fp32 and 49% faster in bf16 (where BN otherwise runs in fp32 between casts). Tracing and folding take
-    10-180 ms per model, a few percent of one CPU test pass but more than it saves on a GPU, so CUDA keeps the
-    model as it is. Models FX cannot trace, and models with hooks (someone watches their modules), are kept too.
+    Folding drops a pass over every activation map (and, in bf16, BN's fp32 round trip between casts; the
+    speed-up measured on a CPU is in the README's Performance section). Tracing and folding cost a few percent
+    of one CPU test pass but more than they save on a GPU, so CUDA keeps the model as it is. Models FX cannot
+    trace, and models with hooks (someone watches their modules), are kept too.
     """
     model.eval()
     compiled = hasattr(model, "_orig_mod")  # torch.compile'd: its compiled graph is kept

@@ -3,9 +3,9 @@
 A backend setting like cudnn's flags, chosen once per process by the entry point (`benchmark.run.cli.setup_runtime`):
 - `auto` (default): bf16 autocast on CUDA, plain fp32 on the CPU (where bf16 is slower on most machines);
 - `fp32`: no autocast anywhere;
-- `bf16`: bf16 autocast on the CPU too. It pays off only on CPUs with bf16 matrix units (Intel AMX): on a
-  2-core Xeon with AMX, ResNet-18 (width 16, 32x32) evaluated 3.0x and trained 1.9x faster than
-  fp32 channels_last. Elsewhere it is emulated and slower, so asking for it there logs a warning.
+- `bf16`: bf16 autocast on the CPU too. It pays off only on CPUs with bf16 matrix units (Intel AMX; the
+  measured speed-ups are in the README's Performance section). Elsewhere it is emulated and slower, so
+  asking for it there logs a warning.
 Results record the precision a cell ran in (`runtime` in result.json).
 """
 

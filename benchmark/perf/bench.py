@@ -91,7 +91,7 @@ class Workload:
 SIZES = {
     "full": Workload("full", 50_000, 10_000, 500, 128, 64, 3, 256, 1024, 5, 20, 20, 2000),
     # 2,560 clean + ~2,300 triggered test images per evaluation = 38 x 128 defense images, as 19,000 : 500
-    # eval batch 256: on the CPU smaller batches stay in cache (width 16, 2 cores: 2,100 img/s at 256, 1,650 at 1,024)
+    # eval batch 256: on the CPU smaller batches stay in cache (figures in the README's Performance section)
     "cpu-reduced": Workload("cpu-reduced", 4096, 2560, 128, 32, 16, 1, 128, 256, 2, 20, 20, 50),
     "tiny": Workload("tiny", 256, 96, 64, 16, 4, 1, 64, 256, 1, 2, 2, 2),
 }

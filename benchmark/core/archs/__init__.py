@@ -13,8 +13,9 @@ from torch import Tensor, nn
 
 from benchmark.core.archs import mobilenet, resnet, resnet_imagenet, vgg  # noqa: F401  (registration)
 from benchmark.core.archs.registry import arch_names, build_arch, register_arch
+from benchmark.core.errors import ConfigError
 
-__all__ = ["Classifier", "arch_names", "build_arch", "build_classifier", "register_arch", "to_input"]
+__all__ = ["Classifier", "arch_names", "build_arch", "build_classifier", "classifier_head", "register_arch", "to_input"]
 
 
 class Classifier(nn.Module):
@@ -50,3 +51,15 @@ def build_classifier(
 def to_input(x: Tensor) -> Tensor:
     """uint8 (N, C, H, W) images -> float in [0, 1], channels_last (faster convolutions on GPU and CPU)."""
     return x.float().div_(255).contiguous(memory_format=torch.channels_last)
+
+
+def classifier_head(model: nn.Module, purpose: str) -> nn.Linear:
+    """The classifier head: the last `nn.Linear` registered in `model` (every architecture here ends in one).
+
+    Attacks read the features entering it (TrojanNN, FC, DFST) and Fine-Pruning prunes them; `purpose` says
+    who asked, for the error on a model without one.
+    """
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigError(f"{type(model).__name__} has no Linear layer to serve as its classifier head: {purpose}")
+    return linears[-1]
