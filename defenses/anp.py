@@ -13,6 +13,7 @@ into [-eps, eps] after its ascent step (`project_noise: true` does project it).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from benchmark.core.data import ImageSet
-from benchmark.core.precision import autocast
+from benchmark.core.precision import Precision
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
@@ -43,8 +44,8 @@ class ANP(MaskPruningDefense):
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
         fit, holdout = self.split(data.images, gen)
-        masks, info = self.optimize_masks(model, DefenseData(fit, data.augment, data.num_classes), gen)
-        return self.finish(model, masks, holdout, info)
+        masks, info = self.optimize_masks(model, dataclasses.replace(data, images=fit), gen)
+        return self.finish(model, masks, holdout, info, data.precision)
 
     def optimize_masks(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[dict, dict]:
         """Learn the masks against adversarial neuron noise; weights stay frozen, model in train mode."""
@@ -64,8 +65,8 @@ class ANP(MaskPruningDefense):
         for _ in tqdm(range(self.iterations), desc="anp masks", disable=None, leave=False):
             x, y = next(batches)
             if self.eps > 0:
-                self._perturb(net, layers, noises, noise_opt, x, y, gen)
-            loss_nat, loss_rob = self._mask_losses(net, layers, x, y)
+                self._perturb(net, layers, noises, noise_opt, x, y, gen, data.precision)
+            loss_nat, loss_rob = self._mask_losses(net, layers, x, y, data.precision)
             loss = self.alpha * loss_nat + (1 - self.alpha) * loss_rob
             mask_opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -89,6 +90,7 @@ class ANP(MaskPruningDefense):
         x: Tensor,
         y: Tensor,
         gen: torch.Generator,
+        precision: Precision,
     ) -> None:
         """Random start in [-eps, eps], then `steps` sign-gradient steps that increase the clean loss.
 
@@ -101,7 +103,7 @@ class ANP(MaskPruningDefense):
             torch._foreach_copy_(noises, list(draw.split([p.numel() for p in noises])))
         _set_perturbed(layers, True)
         for _ in range(self.steps):
-            with autocast(x.device):
+            with precision.autocast(x.device):
                 loss = -F.cross_entropy(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -113,16 +115,16 @@ class ANP(MaskPruningDefense):
                     torch._foreach_clamp_max_(noises, self.eps)
 
     def _mask_losses(
-        self, net: nn.Module, layers: list[MaskedBatchNorm2d], x: Tensor, y: Tensor
+        self, net: nn.Module, layers: list[MaskedBatchNorm2d], x: Tensor, y: Tensor, precision: Precision
     ) -> tuple[Tensor, Tensor]:
         """CE of the clean forward, and of the perturbed one (zero when eps == 0)."""
         loss_rob = torch.zeros((), device=x.device)
         if self.eps > 0 and self.alpha < 1:
             _set_perturbed(layers, True)
-            with autocast(x.device):
+            with precision.autocast(x.device):
                 loss_rob = F.cross_entropy(net(x), y)
         _set_perturbed(layers, False)
-        with autocast(x.device):
+        with precision.autocast(x.device):
             loss_nat = F.cross_entropy(net(x), y)
         return loss_nat, loss_rob
 

@@ -11,16 +11,19 @@ from torch import nn
 
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import ImageSet
+from benchmark.core.precision import AUTO, Precision
 from benchmark.core.validation import Checked
 
 
 @dataclass(frozen=True)
 class DefenseData:
-    """What a defense may use: clean images (on the compute device), their augmentation, the class count."""
+    """What a defense may use: clean images (on the compute device), their augmentation, the class count,
+    and the precision its forward passes run in."""
 
     images: ImageSet
     augment: AugmentSpec
     num_classes: int
+    precision: Precision = AUTO  # the run's precision: every forward pass of the defense autocasts through it
 
     @property
     def device(self) -> torch.device:

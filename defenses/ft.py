@@ -46,7 +46,15 @@ class FineTuning(Defense):
         """Fine-tune `model` in place on all the defense data; returns what to record."""
         start = time.perf_counter()
         history = train_classifier(
-            model, data.images, self.recipe(), data.augment, gen, hook=hook, desc="fine-tuning", drop_last=False
+            model,
+            data.images,
+            self.recipe(),
+            data.augment,
+            gen,
+            hook=hook,
+            desc="fine-tuning",
+            drop_last=False,
+            precision=data.precision,
         )
         return {
             "finetune_epochs": self.epochs,

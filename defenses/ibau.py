@@ -24,7 +24,6 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from benchmark.core.precision import autocast
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
@@ -75,7 +74,7 @@ class IBAU(Defense):
         opt = torch.optim.SGD([delta], lr=self.pert_lr)
         total, n = 0.0, 0
         for x, _y in epoch_batches(data.images, self.batch_size, None, gen):
-            with autocast(data.device):
+            with data.precision.autocast(data.device):
                 with torch.no_grad():
                     pred = net(x).argmax(1)  # the model's own labels: push away from whatever it predicts
                 ce = F.cross_entropy(net(x + delta), pred)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from benchmark.core.data import ImageSet
 from benchmark.core.evaluate import accuracy
+from benchmark.core.precision import AUTO, Precision
 from benchmark.core.validation import bounded
 from defenses.base import CurvePoint, Defense, DefenseOutput
 from defenses.masks import count_below, lowest_channels, prune_channels
@@ -45,7 +46,12 @@ class MaskPruningDefense(Defense):
         return split_holdout(images, self.holdout_fraction if self.selection == "holdout" else 0.0, gen)
 
     def finish(
-        self, model: nn.Module, masks: dict[str, Tensor], holdout: ImageSet | None, info: dict[str, Any]
+        self,
+        model: nn.Module,
+        masks: dict[str, Tensor],
+        holdout: ImageSet | None,
+        info: dict[str, Any],
+        precision: Precision = AUTO,
     ) -> DefenseOutput:
         """Prune `model` by `masks` as `selection` says; record the curve and what was pruned."""
         curve = [self._curve_point(model, masks, t) for t in self.thresholds()]
@@ -53,7 +59,7 @@ class MaskPruningDefense(Defense):
             masks = keep_lowest(masks, self.prune_count)
             threshold, rule_info = 0.0, {"prune_count": self.prune_count}
         else:
-            threshold, rule_info = self._select(model, masks, holdout)
+            threshold, rule_info = self._select(model, masks, holdout, precision)
         pruned, n_pruned = prune_channels(model, masks, threshold)
         all_masks = torch.cat(list(masks.values()))
         return DefenseOutput(
@@ -72,11 +78,15 @@ class MaskPruningDefense(Defense):
             curve=curve,
         )
 
-    def _select(self, model: nn.Module, masks: dict[str, Tensor], holdout: ImageSet | None) -> tuple[float, dict]:
+    def _select(
+        self, model: nn.Module, masks: dict[str, Tensor], holdout: ImageSet | None, precision: Precision
+    ) -> tuple[float, dict]:
         if self.selection == "threshold" or holdout is None:
             return self.prune_threshold, {}
-        base = accuracy(model, holdout)
-        scores = {t: accuracy(prune_channels(model, masks, t)[0], holdout) for t in self.thresholds()}
+        base = accuracy(model, holdout, precision=precision)
+        scores = {
+            t: accuracy(prune_channels(model, masks, t)[0], holdout, precision=precision) for t in self.thresholds()
+        }
         ok = [t for t, acc in scores.items() if acc >= base - self.max_holdout_drop]
         return max(ok) if ok else min(scores), {
             "holdout_images": len(holdout),

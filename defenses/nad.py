@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from benchmark.core.errors import ConfigError
-from benchmark.core.precision import autocast
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
@@ -71,7 +70,7 @@ class NAD(Defense):
         for _ in range(self.teacher_epochs):
             correct, seen = 0, 0
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
-                with autocast(data.device):
+                with data.precision.autocast(data.device):
                     logits = net(x)
                     loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -95,7 +94,7 @@ class NAD(Defense):
             for _ in range(self.epochs):
                 ce_sum, at_sum, n = 0.0, 0.0, 0
                 for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
-                    with autocast(data.device):
+                    with data.precision.autocast(data.device):
                         with torch.no_grad():
                             teacher(x)
                         ce = F.cross_entropy(student(x), y)

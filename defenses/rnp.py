@@ -17,6 +17,7 @@ pruned model keeps accuracy on a held-out part of the defense data.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,7 +27,6 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from benchmark.core.precision import autocast
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
@@ -56,11 +56,11 @@ class RNP(MaskPruningDefense):
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
         fit, holdout = self.split(data.images, gen)
-        fit_data = DefenseData(fit, data.augment, data.num_classes)
+        fit_data = dataclasses.replace(data, images=fit)
         unlearned, unlearn_info = self.unlearn(model, fit_data, gen)
         masks, recover_info = self.recover(unlearned, fit_data, gen)
         del unlearned
-        return self.finish(model, masks, holdout, {"unlearn": unlearn_info, "recover": recover_info})
+        return self.finish(model, masks, holdout, {"unlearn": unlearn_info, "recover": recover_info}, data.precision)
 
     def unlearn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[nn.Module, dict]:
         """Gradient ascent on clean CE over all weights; stop after the first epoch with acc <= threshold."""
@@ -78,7 +78,7 @@ class RNP(MaskPruningDefense):
         for _ in bar:
             correct, seen = 0, 0
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
-                with autocast(data.device):
+                with data.precision.autocast(data.device):
                     logits = net(x)
                     loss = -F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -124,7 +124,7 @@ class RNP(MaskPruningDefense):
         for _ in tqdm(range(self.recover_epochs), desc="rnp recover", disable=None, leave=False):
             correct, seen = 0, 0
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
-                with autocast(data.device):
+                with data.precision.autocast(data.device):
                     logits = net(x)
                     loss = self.alpha * F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from omegaconf import DictConfig
 from attacks.badnets import BadNets
 from attacks.base import Attack, AttackContext
 from attacks.poison import poison_train, triggered_test
-from benchmark.core import precision
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import load_dataset, make_splits
@@ -54,14 +52,6 @@ def tmp_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("BENCHMARK_HOME", str(tmp_path / "bench"))
     monkeypatch.setenv("WANDB_MODE", "disabled")
     return tmp_path
-
-
-@pytest.fixture
-def restore_precision() -> Iterator[None]:
-    """Tests that set the process-wide precision leave it as they found it."""
-    before = precision.get_precision()
-    yield
-    precision.set_precision(before)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.Captur
 
 
 @pytest.mark.slow  # the profiler's parsing takes ~20 s even on the tiny workload
-def test_profiled_bf16_run_says_where_each_phase_spent_its_time(restore_precision: None) -> None:
+def test_profiled_bf16_run_says_where_each_phase_spent_its_time() -> None:
     result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--precision", "bf16", "--profile"])
     assert result["options"] == {"compile": False, "seed": 0, "precision": "bf16", "profile": True}
     assert set(result["profile"]) == {"train", "eval", "rnp", "anp", "reference_rnp"}

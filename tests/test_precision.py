@@ -1,4 +1,4 @@
-"""Mixed precision: one process-wide choice made by the entry point, used by every training and evaluation loop."""
+"""Mixed precision: one choice made by the entry point and passed to every training, defense and evaluation loop."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.core import precision
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import predict
+from benchmark.core.precision import Precision
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.config import build_run_config
 from benchmark.run.model import clean_model_path, model_cache_path
@@ -35,54 +35,57 @@ def tiny_data(n: int = 64) -> ImageSet:
     return ImageSet(torch.randint(0, 256, (n, 1, 16, 16), dtype=torch.uint8, generator=g), torch.arange(n) % 4)
 
 
-def test_a_bad_precision_is_refused_naming_the_choices(restore_precision: None) -> None:
+def test_a_bad_precision_is_refused_naming_the_choices() -> None:
     with pytest.raises(ConfigError, match=r"precision='fp16' is invalid: choose from auto, fp32, bf16"):
         setup_runtime(0, "cpu", precision="fp16")
+    with pytest.raises(ConfigError, match=r"precision='fp16' is invalid: choose from auto, fp32, bf16"):
+        Precision("fp16")  # type: ignore[arg-type]
 
 
 CHOICES = [("auto", torch.float32), ("fp32", torch.float32), ("bf16", torch.bfloat16)]
 
 
 @pytest.mark.parametrize(("choice", "want"), CHOICES)
-def test_training_and_evaluation_on_the_cpu_run_in_the_chosen_precision(
-    choice: str, want: torch.dtype, restore_precision: None
-) -> None:
-    device = setup_runtime(0, "cpu", precision=choice)
-    assert precision.resolved(device) == ("bf16" if want == torch.bfloat16 else "fp32")
+def test_training_and_evaluation_on_the_cpu_run_in_the_chosen_precision(choice: str, want: torch.dtype) -> None:
+    device, chosen = setup_runtime(0, "cpu", precision=choice), Precision(choice)  # type: ignore[arg-type]
+    assert chosen.resolved(device) == ("bf16" if want == torch.bfloat16 else "fp32")
     model = build_classifier("convnet", 4, 1, [0.5], [0.25], width=4)
     dtypes = conv_output_dtypes(model)
     recipe = TrainRecipe(epochs=1, batch_size=32, lr=0.01, warmup_epochs=0.0)
-    train_classifier(model, tiny_data(), recipe, AugmentSpec(crop_pad=1), torch.Generator().manual_seed(0))
-    predict(model, tiny_data().x)
+    gen = torch.Generator().manual_seed(0)
+    train_classifier(model, tiny_data(), recipe, AugmentSpec(crop_pad=1), gen, precision=chosen)
+    predict(model, tiny_data().x, precision=chosen)
     assert dtypes and set(dtypes) == {want}
 
 
-def test_cuda_defaults_to_bf16_and_fp32_turns_it_off(restore_precision: None) -> None:
+def test_cuda_defaults_to_bf16_and_fp32_turns_it_off() -> None:
     cuda = torch.device("cuda")  # only the policy is asked: no CUDA device is needed
-    precision.set_precision("auto")
-    assert precision.autocast_dtype(cuda) == torch.bfloat16 and precision.resolved(torch.device("cpu")) == "fp32"
-    precision.set_precision("fp32")
-    assert precision.autocast_dtype(cuda) is None
+    assert Precision("auto").dtype(cuda) == torch.bfloat16 and Precision("auto").resolved(torch.device("cpu")) == "fp32"
+    assert Precision("fp32").dtype(cuda) is None
 
 
-def test_rnp_learns_masks_in_bf16_on_the_cpu(restore_precision: None) -> None:
-    device = setup_runtime(0, "cpu", precision="bf16")
+def test_rnp_learns_masks_in_bf16_on_the_cpu() -> None:
+    device, bf16 = setup_runtime(0, "cpu", precision="bf16"), Precision("bf16")
     model = build_classifier("convnet", 4, 1, [0.5], [0.25], width=4)
     recipe = TrainRecipe(epochs=2, batch_size=32, lr=0.05, warmup_epochs=0.0)
-    train_classifier(model, tiny_data(), recipe, AugmentSpec(crop_pad=1), torch.Generator().manual_seed(0))
+    train_classifier(
+        model, tiny_data(), recipe, AugmentSpec(crop_pad=1), torch.Generator().manual_seed(0), precision=bf16
+    )
     dtypes = conv_output_dtypes(model)  # RNP's deep copies keep the hook
     rnp = RNP(batch_size=32, unlearn_epochs=2, recover_epochs=2, clean_threshold=0.0)
-    out = rnp(model, DefenseData(tiny_data(32), AugmentSpec(crop_pad=1), 4), torch.Generator(device).manual_seed(0))
+    out = rnp(
+        model, DefenseData(tiny_data(32), AugmentSpec(crop_pad=1), 4, bf16), torch.Generator(device).manual_seed(0)
+    )
     assert out.info["unlearn"]["epochs"] == 2 and out.info["recover"]["epochs"] == 2
     assert all(0.0 <= q <= 1.0 for q in out.info["mask_quantiles"].values())
     assert len(dtypes) == 2 * 1 + 2 * 1 and set(dtypes) == {torch.bfloat16}  # one batch an epoch, each stage
 
 
-def test_bf16_trained_models_are_cached_apart_from_fp32_ones(restore_precision: None) -> None:
-    parts, cpu, root = build_run_config(compose_cfg(FAST)), torch.device("cpu"), Path("/cache")
+def test_bf16_trained_models_are_cached_apart_from_fp32_ones() -> None:
+    cpu, root = torch.device("cpu"), Path("/cache")
     paths = {}
     for choice in ("auto", "fp32", "bf16"):
-        precision.set_precision(choice)
+        parts = build_run_config(compose_cfg([*FAST, f"precision={choice}"]))
         paths[choice] = (model_cache_path(parts, root, cpu), clean_model_path(parts, root, cpu))
     assert paths["auto"] == paths["fp32"]
     assert paths["bf16"][0] != paths["fp32"][0] and paths["bf16"][1] != paths["fp32"][1]

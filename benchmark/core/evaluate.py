@@ -12,7 +12,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from benchmark.core.archs import to_input
 from benchmark.core.data import ImageSet, TriggeredSet
-from benchmark.core.precision import autocast
+from benchmark.core.precision import AUTO, Precision
 
 log = logging.getLogger(__name__)
 
@@ -82,29 +82,31 @@ def _has_hooks(model: nn.Module) -> bool:
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: Tensor, batch_size: int = 512) -> Tensor:
+def predict(model: nn.Module, x: Tensor, batch_size: int = 512, precision: Precision = AUTO) -> Tensor:
     """Predicted labels of uint8 images `x` (N, C, H, W), on x's device, model in eval mode."""
     net = for_inference(model, x.device)
     preds = []
     for i in range(0, len(x), batch_size):
-        with autocast(x.device):
+        with precision.autocast(x.device):
             preds.append(net(to_input(x[i : i + batch_size])).argmax(1))
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long, device=x.device)
 
 
-def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 1024) -> float:
+def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 1024, precision: Precision = AUTO) -> float:
     if len(data) == 0:
         return float("nan")
-    return (predict(model, data.x, batch_size) == data.y).float().mean().item()
+    return (predict(model, data.x, batch_size, precision) == data.y).float().mean().item()
 
 
-def evaluate(model: nn.Module, test: ImageSet, triggered: TriggeredSet, batch_size: int = 1024) -> Metrics:
+def evaluate(
+    model: nn.Module, test: ImageSet, triggered: TriggeredSet, batch_size: int = 1024, precision: Precision = AUTO
+) -> Metrics:
     """Clean accuracy on the whole test set; ASR and robust accuracy on the triggered images."""
     model = for_inference(model, test.x.device)  # once for both sets
-    clean = accuracy(model, test, batch_size)
+    clean = accuracy(model, test, batch_size, precision)
     if len(triggered.images) == 0:
         return Metrics(clean, float("nan"), float("nan"))
-    pred = predict(model, triggered.images.x, batch_size)
+    pred = predict(model, triggered.images.x, batch_size, precision)
     asr = (pred == triggered.images.y).float().mean().item()
     robust = (pred == triggered.true_y).float().mean().item()
     return Metrics(clean, asr, robust)

@@ -1,6 +1,6 @@
 """Mixed precision: which autocast every training, defense and evaluation loop uses.
 
-A backend setting like cudnn's flags, chosen once per process by the entry point (`benchmark.run.cli.setup_runtime`):
+Chosen once by the entry point from the config (`precision`) and passed to each loop as a `Precision`:
 - `auto` (default): bf16 autocast on CUDA, plain fp32 on the CPU (where bf16 is slower on most machines);
 - `fp32`: no autocast anywhere;
 - `bf16`: bf16 autocast on the CPU too. It pays off only on CPUs with bf16 matrix units (Intel AMX; the
@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -23,39 +25,41 @@ from benchmark.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("auto", "fp32", "bf16")
-_choice = "auto"
 
 
-def set_precision(name: str) -> None:
-    """Set the process-wide precision; an unknown name raises, naming the choices."""
-    global _choice
-    if name not in PRECISIONS:
-        raise ConfigError(f"precision={name!r} is invalid: choose from {', '.join(PRECISIONS)}")
-    _choice = name
+@dataclass(frozen=True)
+class Precision:
+    """The precision a run asked for, handed to every loop that computes (no process-wide state).
+
+    Built once from the config by the entry point and passed down: to training, evaluation and, through
+    `DefenseData`, to each defense; what it means depends on the device a loop runs on.
+    """
+
+    name: Literal["auto", "fp32", "bf16"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.name not in PRECISIONS:
+            raise ConfigError(f"precision={self.name!r} is invalid: choose from {', '.join(PRECISIONS)}")
+
+    def dtype(self, device: torch.device) -> torch.dtype | None:
+        """The dtype autocast uses on `device` (None: fp32, no autocast)."""
+        if self.name == "bf16" or (self.name == "auto" and device.type == "cuda"):
+            return torch.bfloat16
+        return None
+
+    def resolved(self, device: torch.device) -> str:
+        """What the setting means on `device`: 'bf16' or 'fp32' (for the record and the cache key)."""
+        return "fp32" if self.dtype(device) is None else "bf16"
+
+    def autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
+        """Autocast for a forward pass (and its loss) on `device`, or nothing in fp32."""
+        dtype = self.dtype(device)
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
 
 
-def get_precision() -> str:
-    return _choice
-
-
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """The dtype autocast uses on `device` under the current setting (None: fp32, no autocast)."""
-    if _choice == "bf16" or (_choice == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
-
-
-def resolved(device: torch.device) -> str:
-    """What the setting means on `device`: 'bf16' or 'fp32' (for the record)."""
-    return "fp32" if autocast_dtype(device) is None else "bf16"
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """Autocast for a forward pass (and its loss) on `device`, or nothing in fp32."""
-    dtype = autocast_dtype(device)
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+AUTO = Precision()  # the default of every loop: bf16 on CUDA, fp32 on the CPU
 
 
 @functools.cache
@@ -68,7 +72,7 @@ def cpu_has_bf16_units() -> bool:
     return False
 
 
-def warn_if_slow(device: torch.device) -> None:
+def warn_if_slow(precision: Precision, device: torch.device) -> None:
     """bf16 on a CPU without bf16 units is emulated: say so once, at start."""
-    if _choice == "bf16" and device.type == "cpu" and not cpu_has_bf16_units():
+    if precision.name == "bf16" and device.type == "cpu" and not cpu_has_bf16_units():
         log.warning("precision=bf16 on a CPU without AMX bf16 units: emulated, likely slower than fp32 here")

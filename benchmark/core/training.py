@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from benchmark.core.archs import to_input
 from benchmark.core.augment import AugmentSpec, random_crop_flip
 from benchmark.core.data import ImageSet
-from benchmark.core.precision import autocast
+from benchmark.core.precision import AUTO, Precision
 from benchmark.core.validation import Checked, bounded
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def train_classifier(
     desc: str = "train",
     drop_last: bool = True,
     monitor: Callable[[nn.Module], dict[str, float]] | None = None,
+    precision: Precision = AUTO,
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data` (on the model's device); returns per-epoch loss and accuracy.
 
@@ -150,7 +151,7 @@ def train_classifier(
         seen = 0
         for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=drop_last):
             x, y = hook.batch(x, y, step)
-            with autocast(device):
+            with precision.autocast(device):
                 logits = forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
             opt.zero_grad(set_to_none=True)

@@ -51,7 +51,7 @@ from benchmark.core.data import ImageSet, TriggeredSet
 from benchmark.core.errors import BenchmarkError, ConfigError, stop_interrupted
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.io import atomic_write_json
-from benchmark.core.precision import PRECISIONS, resolved
+from benchmark.core.precision import AUTO, PRECISIONS, Precision
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.perf.reference import BATCH as REFERENCE_TEST_BATCH
 from benchmark.perf.reference import loading_seconds, make_loaders, run_reference_rnp
@@ -236,16 +236,20 @@ def new_model(w: Workload, device: torch.device) -> nn.Module:
     return model.to(device, memory_format=torch.channels_last)
 
 
-def bench_training(model: nn.Module, data: BenchData, w: Workload, compile_model: bool, seed: int) -> dict[str, Any]:
+def bench_training(
+    model: nn.Module, data: BenchData, w: Workload, compile_model: bool, seed: int, precision: Precision
+) -> dict[str, Any]:
     """One warm-up epoch (cudnn autotuning, compilation), then `train_epochs` timed epochs."""
     device = data.train.x.device
     gen = torch.Generator(device).manual_seed(seed)
     recipe = TrainRecipe(epochs=1, batch_size=w.train_batch, lr=0.05, warmup_epochs=0.5, compile=compile_model)
     with stopwatch(device) as warm:
-        train_classifier(model, data.train, recipe, AugmentSpec(), gen, desc="perf warm-up")
+        train_classifier(model, data.train, recipe, AugmentSpec(), gen, desc="perf warm-up", precision=precision)
     timed = dataclasses.replace(recipe, epochs=w.train_epochs, warmup_epochs=0.0)
     with stopwatch(device) as t:
-        history = train_classifier(model, data.train, timed, AugmentSpec(), gen, desc="perf training")
+        history = train_classifier(
+            model, data.train, timed, AugmentSpec(), gen, desc="perf training", precision=precision
+        )
     per_epoch = (len(data.train) // w.train_batch) * w.train_batch  # drop_last
     return {
         "images_per_s": round(per_epoch * w.train_epochs / t["s"], 1),
@@ -257,14 +261,16 @@ def bench_training(model: nn.Module, data: BenchData, w: Workload, compile_model
     }
 
 
-def bench_eval(model: nn.Module, data: BenchData, w: Workload, compile_model: bool) -> tuple[dict[str, Any], Metrics]:
+def bench_eval(
+    model: nn.Module, data: BenchData, w: Workload, compile_model: bool, precision: Precision
+) -> tuple[dict[str, Any], Metrics]:
     """Clean + triggered test sets in one `evaluate` call, once untimed, then `eval_repeats` times."""
     device = data.test.x.device
     net = torch.compile(model) if compile_model else model
-    metrics = evaluate(net, data.test, data.triggered, w.eval_batch)
+    metrics = evaluate(net, data.test, data.triggered, w.eval_batch, precision)
     with stopwatch(device) as t:
         for _ in range(w.eval_repeats):
-            evaluate(net, data.test, data.triggered, w.eval_batch)
+            evaluate(net, data.test, data.triggered, w.eval_batch, precision)
     images = len(data.test) + len(data.triggered.images)
     return {
         "images_per_s": round(images * w.eval_repeats / t["s"], 1),
@@ -275,16 +281,16 @@ def bench_eval(model: nn.Module, data: BenchData, w: Workload, compile_model: bo
 
 
 def bench_defense(
-    defense: MaskPruningDefense, model: nn.Module, data: BenchData, w: Workload, seed: int
+    defense: MaskPruningDefense, model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The defense, then its whole threshold curve evaluated as `benchmark.run.cell` does; seconds of each."""
     device = data.test.x.device
     gen = torch.Generator(device).manual_seed(seed)
-    dd = DefenseData(data.defense, AugmentSpec(), w.num_classes)
+    dd = DefenseData(data.defense, AugmentSpec(), w.num_classes, precision)
     with stopwatch(device) as t_def:
         out = defense(model, dd, gen)
     with stopwatch(device) as t_curve:
-        rows = evaluate_curve(out.curve, data.test, data.triggered, w.eval_batch)
+        rows = evaluate_curve(out.curve, data.test, data.triggered, w.eval_batch, precision)
     figures = {
         "seconds": round(t_def["s"] + t_curve["s"], 3),
         "defense_s": round(t_def["s"], 3),
@@ -413,7 +419,12 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def run(
-    w: Workload, device: torch.device, seed: int = 0, compile_model: bool = False, profile: bool = False
+    w: Workload,
+    device: torch.device,
+    seed: int = 0,
+    compile_model: bool = False,
+    profile: bool = False,
+    precision: Precision = AUTO,
 ) -> dict[str, Any]:
     """Run every phase on `device` and return the result (the JSON object)."""
     info = device_info(device)
@@ -428,16 +439,16 @@ def run(
     data = make_data(w, device, seed)
     model = new_model(w, device)
     with phase("train"):
-        train = bench_training(model, data, w, compile_model, seed)
+        train = bench_training(model, data, w, compile_model, seed, precision)
     with phase("eval"):
-        evaluation, metrics = bench_eval(model, data, w, compile_model)
+        evaluation, metrics = bench_eval(model, data, w, compile_model, precision)
     rnp = RNP(batch_size=w.defense_batch, unlearn_epochs=w.rnp_unlearn_epochs, recover_epochs=w.rnp_recover_epochs)
     with phase("rnp"):
-        rnp_figures, rnp_info = bench_defense(rnp, model, data, w, seed)
+        rnp_figures, rnp_info = bench_defense(rnp, model, data, w, seed, precision)
     rnp_figures.update(unlearn_epochs=rnp_info["unlearn"]["epochs"], recover_epochs=rnp.recover_epochs)
     anp = ANP(batch_size=w.defense_batch, iterations=w.anp_iterations)
     with phase("anp"):
-        anp_figures, _ = bench_defense(anp, model, data, w, seed)
+        anp_figures, _ = bench_defense(anp, model, data, w, seed, precision)
     per_iteration = round(anp_figures["defense_s"] / anp.iterations, 5)
     anp_figures.update(iterations=anp.iterations, defense_s_per_iteration=per_iteration)
     with phase("reference_rnp"):
@@ -462,14 +473,19 @@ def run(
             "arch": "resnet18",
             "data": "synthetic CIFAR-shaped uint8 (class prototypes + noise), BadNets 3x3 patch, 10% poisoned",
             "ours": "uint8 data on the device, batched augmentation, large eval batches under inference mode, "
-            f"{'bf16 autocast' if resolved(device) == 'bf16' else 'fp32'}, channels_last"
+            f"{'bf16 autocast' if precision.resolved(device) == 'bf16' else 'fp32'}, channels_last"
             + (", torch.compile" if compile_model else ""),
             "reference": f"per-sample PIL Dataset + torchvision transforms, DataLoader (main process) of batch "
             f"{w.defense_batch} (defense) / {REFERENCE_TEST_BATCH} (test), fp32 NCHW, clean + poisoned test evaluation "
             "after every unlearning and recovery epoch and per threshold",
             "rnp_seconds_cover": "defense (unlearn + recover + pruning) + evaluation of every curve point",
         },
-        "options": {"compile": compile_model, "seed": seed, "precision": resolved(device), "profile": profile},
+        "options": {
+            "compile": compile_model,
+            "seed": seed,
+            "precision": precision.resolved(device),
+            "profile": profile,
+        },
         "figures": figures,
         "versions": all_versions(),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -503,7 +519,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device = setup_runtime(args.seed, args.device, args.threads, args.precision)
         size = args.size or ("full" if device.type == "cuda" else "cpu-reduced")
         print(f"perf: measuring the {size} workload on {device}", file=sys.stderr, flush=True)
-        result = run(SIZES[size], device, args.seed, args.compile, args.profile)
+        result = run(SIZES[size], device, args.seed, args.compile, args.profile, Precision(args.precision))
     except BenchmarkError as exc:
         sys.exit(f"error: {exc}")
     except KeyboardInterrupt:

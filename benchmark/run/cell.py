@@ -22,6 +22,7 @@ from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset, make_splits
 from benchmark.core.data.source import Source, file_specs
 from benchmark.core.evaluate import Metrics, evaluate
+from benchmark.core.precision import Precision
 from benchmark.run.config import RunConfig, build_run_config, check_writable
 from benchmark.run.loggers import make_logger
 from benchmark.run.model import CellData, Streams, obtain_model
@@ -55,13 +56,13 @@ def prepare_data(rc: RunConfig, device: torch.device) -> CellData:
 
 
 def evaluate_curve(
-    curve: list[CurvePoint], test: ImageSet, triggered: TriggeredSet, batch_size: int
+    curve: list[CurvePoint], test: ImageSet, triggered: TriggeredSet, batch_size: int, precision: Precision
 ) -> list[dict[str, Any]]:
     """Metrics for every point of a defense's curve — for the record, never for selecting the model."""
     rows, seen = [], {}
     for point in tqdm(curve, desc="defense curve", disable=None, leave=False):
         if point.key is None or point.key not in seen:
-            metrics = evaluate(point.build(), test, triggered, batch_size)
+            metrics = evaluate(point.build(), test, triggered, batch_size, precision)
             if point.key is not None:
                 seen[point.key] = metrics
         else:
@@ -87,28 +88,28 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         len(data.splits.test),
         len(data.defense),
     )
-    test, batch = data.splits.test, rc.eval.batch_size
+    test, batch, precision = data.splits.test, rc.eval.batch_size, rc.precision
     with timed(timing, "model"):
         model, source, meta = obtain_model(rc, data, device)
     with timed(timing, "data"):
         triggered = triggered_test(test, rc.attack, rc.dataset.num_classes)
     log.info("triggered test set: %d images", len(triggered.images))
     with timed(timing, "evaluate"):
-        before = evaluate(model, test, triggered, batch)
+        before = evaluate(model, test, triggered, batch, precision)
     log.info("before: %s", _fmt(before))
     with timed(timing, "defense"):
-        defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes)
+        defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision)
         out = rc.defense(model, defense_data, Streams(rc.seed).defense(device))
     with timed(timing, "evaluate"):
-        after = evaluate(out.model, test, triggered, batch)
+        after = evaluate(out.model, test, triggered, batch, precision)
     with timed(timing, "curve"):
-        curve_rows = evaluate_curve(out.curve, test, triggered, batch)
+        curve_rows = evaluate_curve(out.curve, test, triggered, batch, precision)
     log.info("after:  %s", _fmt(after))
     timing["total"] = round(time.perf_counter() - start, 3)
     config = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(config, dict)
     result = assemble_result(
-        rc.cell, (source, meta), before, after, out.info, curve_rows, timing, config, runtime_info(device)
+        rc.cell, (source, meta), before, after, out.info, curve_rows, timing, config, runtime_info(device, precision)
     )
     write_result(run_dir, result)
     write_csv(run_dir / "curve.csv", curve_rows)

@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
@@ -21,6 +21,7 @@ from attacks.base import Attack
 from benchmark.core.archs import arch_names
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.errors import ConfigError
+from benchmark.core.precision import AUTO, Precision
 from benchmark.core.training import TrainRecipe
 from benchmark.core.validation import Checked, bounded
 from benchmark.run.loggers import LoggerConfig
@@ -112,7 +113,7 @@ class RunConfig:
     eval: EvalConfig
     device: str = "auto"
     threads: int | None = None
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = AUTO
     resume: bool = True
     sweep_name: str = "default"
 
@@ -212,7 +213,7 @@ def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) 
         paths=_typed(PathsConfig, cfg.paths, "paths"),
         defense_data=defense_data,
         eval=_typed(EvalConfig, cfg.eval, "eval"),
-        **scalars,
+        **{**scalars, "precision": Precision(scalars["precision"])},
     )
 
 

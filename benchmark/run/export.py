@@ -93,7 +93,7 @@ def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
     data = prepare_data(parts, device)
     model, source, _ = obtain_model(parts, data, device)
     triggered = triggered_test(data.splits.test, parts.attack, parts.dataset.num_classes)
-    metrics = evaluate(model, data.splits.test, triggered, parts.eval.batch_size).as_dict()
+    metrics = evaluate(model, data.splits.test, triggered, parts.eval.batch_size, parts.precision).as_dict()
     c = parts.cell
     key = f"{c['dataset']}/{c['arch']}/{c['attack']}"
     name = f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}"

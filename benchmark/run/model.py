@@ -22,7 +22,6 @@ from benchmark.core.archs import build_classifier
 from benchmark.core.data import DataSplits, ImageSet
 from benchmark.core.download.fetch import sha256_file
 from benchmark.core.evaluate import evaluate
-from benchmark.core.precision import resolved
 from benchmark.core.training import RUNTIME_FIELDS, train_classifier
 from benchmark.run.config import RunConfig
 from benchmark.run.runtime import runtime_info
@@ -85,7 +84,7 @@ def _cache_parts(rc: RunConfig, device: torch.device) -> dict[str, Any]:
         "train": {k: v for k, v in asdict(rc.recipe).items() if k not in RUNTIME_FIELDS},
         "seed": rc.seed,
     }
-    if resolved(device) == "bf16":
+    if rc.precision.resolved(device) == "bf16":
         key["precision"] = "bf16"
     return key
 
@@ -127,7 +126,9 @@ def clean_model(rc: RunConfig, data: CellData, device: torch.device) -> nn.Modul
     def train(m: nn.Module) -> TrainOutcome:
         start = time.perf_counter()
         gen = Streams(rc.seed).train(device)
-        history = train_classifier(m, train_data.to(device), rc.recipe, rc.augment, gen, desc="clean training")
+        history = train_classifier(
+            m, train_data.to(device), rc.recipe, rc.augment, gen, desc="clean training", precision=rc.precision
+        )
         return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}, {}
 
     path = clean_model_path(rc, Path(rc.paths.cache), device)
@@ -171,6 +172,7 @@ def train_backdoored(rc: RunConfig, data: CellData, device: torch.device) -> Any
             hook=attack.train_hook(ctx),
             desc="backdoor training",
             monitor=lambda model: _test_metrics(model, rc, data),
+            precision=rc.precision,
         )
         meta = {
             "train_history": history,
@@ -178,7 +180,7 @@ def train_backdoored(rc: RunConfig, data: CellData, device: torch.device) -> Any
             "attack_prepare_seconds": round(prepare_seconds, 3),
             "poisoned": len(poisoned.index),
             "cover": len(poisoned.cover),
-            "runtime": runtime_info(device),
+            "runtime": runtime_info(device, rc.precision),
         }
         return meta, attack.trigger_state()
 
@@ -188,7 +190,7 @@ def train_backdoored(rc: RunConfig, data: CellData, device: torch.device) -> Any
 def _test_metrics(model: nn.Module, rc: RunConfig, data: CellData) -> dict[str, float]:
     """Test metrics of the model in training, for its history only (`train.eval_every`, off by default)."""
     triggered = triggered_test(data.splits.test, rc.attack, rc.dataset.num_classes)
-    metrics = evaluate(model, data.splits.test, triggered, rc.eval.batch_size)
+    metrics = evaluate(model, data.splits.test, triggered, rc.eval.batch_size, rc.precision)
     return {f"test_{k}": v for k, v in metrics.as_dict().items()}
 
 

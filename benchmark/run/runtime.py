@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from benchmark import CONF_DIR
 from benchmark.core.errors import ConfigError
-from benchmark.core.precision import PRECISIONS, resolved, set_precision, warn_if_slow
+from benchmark.core.precision import PRECISIONS, Precision, warn_if_slow
 
 __all__ = [
     "CONF_DIR",
@@ -42,8 +42,11 @@ def select_device(name: str) -> torch.device:
 
 
 def setup_runtime(seed: int, device_name: str, threads: int | None = None, precision: str = "auto") -> torch.device:
-    """Seeding, device choice, precision and backend flags: done once, here, for the whole process."""
-    set_precision(precision)
+    """Seeding, device choice and backend flags, done once for the whole process; checks and warns on `precision`.
+
+    The precision itself is no process state: callers pass a `Precision` to every loop.
+    """
+    chosen = Precision(precision)  # a bad name fails here, naming the choices
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -54,7 +57,7 @@ def setup_runtime(seed: int, device_name: str, threads: int | None = None, preci
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    warn_if_slow(device)
+    warn_if_slow(chosen, device)
     return device
 
 
@@ -89,6 +92,6 @@ def runtime_from_config(cfg: DictConfig, device_name: str | None = None) -> torc
     return setup_runtime(s["seed"], device_name or s["device"], s["threads"], s["precision"])
 
 
-def runtime_info(device: torch.device) -> dict[str, Any]:
+def runtime_info(device: torch.device, precision: Precision) -> dict[str, Any]:
     """How the numbers were computed: device, precision and CPU threads (they move the last digits)."""
-    return {"device": str(device), "precision": resolved(device), "torch_threads": torch.get_num_threads()}
+    return {"device": str(device), "precision": precision.resolved(device), "torch_threads": torch.get_num_threads()}
