@@ -329,6 +329,19 @@ def _verify_cached(dest: Path, remote: Remote, sha256: str | None, md5: str | No
     return Fetched(dest, digest, downloaded=False)
 
 
+def _check_pinned(tmp: Path, algo: str, got: str, pinned: str | None, what: str, remote: Remote) -> None:
+    """A download whose hash differs from the pinned one is deleted, with nothing cached, and refused."""
+    if pinned is None or got == pinned:
+        return
+    tmp.unlink(missing_ok=True)
+    meta_path(tmp).unlink(missing_ok=True)
+    raise ChecksumError(
+        f"The {what} downloaded from {remote.public()} has {algo} {got}, but {pinned} is pinned: it is not the "
+        f"published file (changed upstream, a wrong mirror, or corrupted in transit). It was deleted; "
+        f"nothing was cached."
+    )
+
+
 def _reason(exc: BaseException) -> str:
     """One short line for a network failure: the innermost cause requests reports, without the URL noise."""
     text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
@@ -384,22 +397,9 @@ def fetch(
             raise FetchError(
                 f"Could not download the {what} ({reason}).{kept}\n{_by_hand(remote, dest, sha256)}"
             ) from exc
-        if sha256 is not None and digest != sha256:
-            tmp.unlink(missing_ok=True)
-            meta_path(tmp).unlink(missing_ok=True)
-            raise ChecksumError(
-                f"The {what} downloaded from {remote.public()} has sha256 {digest}, but {sha256} is pinned: "
-                f"it is not the published file (changed upstream, or corrupted in transit). It was deleted; "
-                f"nothing was cached."
-            )
-        if md5 is not None and (got := md5_file(tmp)) != md5:
-            tmp.unlink(missing_ok=True)
-            meta_path(tmp).unlink(missing_ok=True)
-            raise ChecksumError(
-                f"The {what} downloaded from {remote.public()} has md5 {got}, but {md5} is pinned: it is not the "
-                f"published file (changed upstream, a wrong mirror, or corrupted in transit). It was deleted; "
-                f"nothing was cached."
-            )
+        _check_pinned(tmp, "sha256", digest, sha256, what, remote)
+        if md5 is not None:
+            _check_pinned(tmp, "md5", md5_file(tmp), md5, what, remote)
         os.replace(tmp, dest)
         meta_path(tmp).unlink(missing_ok=True)
         _record(dest, remote, digest, sha256, md5)
