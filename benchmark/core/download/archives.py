@@ -53,10 +53,11 @@ def _tar_names(path: Path) -> set[str] | None:
     if not plain and not head.startswith(COMPRESSED_MAGIC):
         return None
     try:
-        with tarfile.open(path) as tf:
-            return set(tf.getnames())
-    except (tarfile.TarError, OSError, EOFError):  # a gzip of one file, or a damaged tar
+        tf = tarfile.open(path)  # noqa: SIM115  (closed by the with below; its opening is what tells a tar)
+    except (tarfile.TarError, OSError, EOFError):  # a gzip of one file that is no tar
         return None
+    with _reading(path), tf:  # its first header is a tar's: failing past it means a truncated or damaged tar
+        return set(tf.getnames())
 
 
 def sniff(path: Path, declared: Kind | Literal["auto"] = "auto") -> Kind:
