@@ -16,8 +16,8 @@ from hydra import compose, initialize_config_dir
 from benchmark.core.archs import build_arch
 from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
 from benchmark.core.errors import ConfigError
-from benchmark.run.export import export_cell, log_artifact
 from benchmark.run.cell import build_parts, new_model, zoo_key, zoo_settings
+from benchmark.run.export import export_cell, log_artifact
 from benchmark.run.runtime import setup_runtime
 from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
 from benchmark.weights.zoo import ZooMismatchError, load_registry, model_from_zoo

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import platform
 from pathlib import Path
 
 import torch
@@ -56,6 +57,17 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else what `platform` knows): results record it, since
+    float results and timings move between CPU models."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 @functools.cache

@@ -18,7 +18,6 @@ import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
 from attacks.base import Attack, AttackContext
 from attacks.poison import poison_for_training, triggered_test
@@ -28,7 +27,8 @@ from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset
 from benchmark.core.download.fetch import sha256_file
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import Metrics, der, evaluate
-from benchmark.core.precision import resolved
+from benchmark.core.precision import cpu_name, resolved
+from benchmark.core.progress import Progress
 from benchmark.core.training import RUNTIME_FIELDS, TrainRecipe, train_classifier
 from benchmark.core.validation import Checked, bounded
 from benchmark.run.loggers import LoggerConfig, make_logger
@@ -334,7 +334,8 @@ def evaluate_curve(
 ) -> list[dict[str, Any]]:
     """Metrics for every point of a defense's curve — for the record, never for selecting the model."""
     rows, seen = [], {}
-    for point in tqdm(curve, desc="defense curve", disable=None, leave=False):
+    progress = Progress("defense curve", len(curve), "point", logger=log)
+    for point in curve:
         if point.key is None or point.key not in seen:
             metrics = evaluate(point.build(), test, triggered, batch_size)
             if point.key is not None:
@@ -342,6 +343,8 @@ def evaluate_curve(
         else:
             metrics = seen[point.key]
         rows.append({**point.params, **{k: round(v, 6) for k, v in metrics.as_dict().items()}})
+        progress.update(rows[-1])
+    progress.close()
     return rows
 
 
@@ -413,8 +416,13 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
 
 
 def runtime_info(device: torch.device) -> dict[str, Any]:
-    """How the numbers were computed: device, precision and CPU threads (they move the last digits)."""
-    return {"device": str(device), "precision": resolved(device), "torch_threads": torch.get_num_threads()}
+    """How the numbers were computed: device, CPU model, precision and threads (they move the last digits)."""
+    return {
+        "device": str(device),
+        "cpu": cpu_name(),
+        "precision": resolved(device),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def _fmt(m: Metrics) -> str:

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.io import honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +122,7 @@ def extract(archive: Path, target: Path) -> Path:
             with tarfile.open(archive) as tf:
                 _check_tar(tf, archive)
                 tf.extractall(tmp, filter="data")  # the stdlib's own guard as a second line of defence
+        honour_umask(tmp)  # mkdtemp makes it 0700; the extracted folder is shared like any other
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ from typing import Any
 from filelock import FileLock
 
 from benchmark.core.errors import BenchmarkError, ConfigError, DataMissingError
-from benchmark.core.io import atomic_write_json
+from benchmark.core.io import atomic_write_json, honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +241,7 @@ def fetch(
                 f"it is not the published file (changed upstream, or corrupted in transit). It was deleted; "
                 f"nothing was cached."
             )
+        honour_umask(tmp)  # gdown's temp file is 0600; a shared zoo folder needs the group's usual mode
         os.replace(tmp, dest)
         _record(dest, remote, digest, sha256)
         return Fetched(dest, digest, downloaded=True)
