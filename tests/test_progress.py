@@ -48,10 +48,11 @@ def test_lines_are_throttled_by_time_and_the_last_step_always_logs(log, caplog) 
         p.update(metrics)
     p.close()
     out = lines(caplog)
-    assert len(out) == 10
-    assert out[0] == "anp masks: iteration 10/100  loss 0.5000  10 s, ETA 1m30s"
+    assert len(out) == 11  # the first step, then one every 10 s, and the last
+    assert out[0] == "anp masks: iteration 1/100  loss 0.5000  1 s, ETA 1m39s"
+    assert out[1] == "anp masks: iteration 11/100  loss 0.5000  11 s, ETA 1m29s"
     assert out[-1] == "anp masks: iteration 100/100  loss 0.5000  1m40s, done"
-    assert reads == list(range(10, 101, 10))  # metrics (a device sync) are read only for a line
+    assert reads == [1, *range(11, 100, 10), 100]  # metrics (a device sync) are read only for a line
 
 
 def test_an_early_stop_gets_its_last_line_from_close(log, caplog) -> None:
@@ -61,7 +62,10 @@ def test_an_early_stop_gets_its_last_line_from_close(log, caplog) -> None:
         clock.now += 1.0
         p.update(lambda e=epoch: {"acc": 0.9 - 0.3 * e})
     p.close()
-    assert lines(caplog) == ["rnp unlearn: epoch 3/20  acc 0.3000  3 s, stopped early"]
+    assert lines(caplog) == [
+        "rnp unlearn: epoch 1/20  acc 0.9000  1 s, ETA 19 s",
+        "rnp unlearn: epoch 3/20  acc 0.3000  3 s, stopped early",
+    ]
 
 
 def test_a_line_can_come_from_inside_a_long_step(log, caplog) -> None:

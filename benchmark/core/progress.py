@@ -84,7 +84,8 @@ class Progress:
         self.pending = metrics
         now = self.clock()
         interval = BAR_INTERVAL_S if self.bar is not None else self.interval_s
-        due = now - self.last >= interval or self.done >= self.total
+        # The first step always shows (a new phase announces itself, with a first ETA), then one every interval.
+        due = self.logged == 0 or now - self.last >= interval or self.done >= self.total
         if self.bar is not None:
             self.bar.update(n)
         if not due:
