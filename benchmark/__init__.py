@@ -8,5 +8,16 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-# The Hydra configs every entry point composes from (and the zoo registry among them).
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _conf_dir() -> Path:
+    """The Hydra configs every entry point composes from (and the zoo registry among them).
+
+    Installed from a wheel they are the data package `benchmark.conf` (pyproject maps the top-level
+    `conf/` there); in a checkout, editable install or not, they are the top-level `conf/` itself.
+    """
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"
+    return packaged if (packaged / "config.yaml").is_file() else here.parent / "conf"
+
+
+CONF_DIR = str(_conf_dir())

@@ -14,21 +14,24 @@ into [-eps, eps] after its ascent step (`project_noise: true` does project it).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from benchmark.core.data import ImageSet
 from benchmark.core.precision import Precision
+from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
 from defenses.mask_pruning import MaskPruningDefense
 from defenses.masks import MaskedBatchNorm2d, clamp_unit, mask_layers, mask_values, with_masked_norm
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -62,7 +65,8 @@ class ANP(MaskPruningDefense):
         net.train()
         batches = endless_batches(data.images, self.batch_size, data, gen)
         nat_sum = rob_sum = torch.zeros((), device=data.device)
-        for _ in tqdm(range(self.iterations), desc="anp masks", disable=None, leave=False):
+        progress = Progress("anp masks", self.iterations, "iteration", logger=log)
+        for i in range(self.iterations):
             x, y = next(batches)
             if self.eps > 0:
                 self._perturb(net, layers, noises, noise_opt, x, y, gen, data.precision)
@@ -74,6 +78,11 @@ class ANP(MaskPruningDefense):
             clamp_unit(masks)
             nat_sum = nat_sum + loss_nat.detach()
             rob_sum = rob_sum + loss_rob.detach()
+            # Lines are time-throttled; the running means are read (one device sync) only for a line.
+            progress.update(
+                lambda a=nat_sum, b=rob_sum, n=i + 1: {"clean loss": a.item() / n, "perturbed loss": b.item() / n}
+            )
+        progress.close()
         info = {
             "iterations": self.iterations,
             "mean_clean_loss": round(nat_sum.item() / self.iterations, 4),

@@ -17,6 +17,7 @@ The hypergradient runs in fp32 (second derivatives); only the perturbation searc
 from __future__ import annotations
 
 import copy
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,9 +25,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -47,6 +51,7 @@ class IBAU(Defense):
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.lr)
         rounds: list[dict[str, float]] = []
+        progress = Progress("i-bau", self.n_rounds, "round", logger=log)
         for _ in range(self.n_rounds):
             pert, adv_loss = self.find_perturbation(net, data, gen)
             batches = list(epoch_batches(data.images, self.batch_size, None, gen))
@@ -65,6 +70,8 @@ class IBAU(Defense):
                     "outer_loss": round(outer_sum / n, 4),
                 }
             )
+            progress.update(rounds[-1])
+        progress.close()
         info: dict[str, Any] = {"rounds": len(rounds), "per_round": rounds, "hypergradient": f"fixed point, K={self.K}"}
         return DefenseOutput(model=net, info=info)
 

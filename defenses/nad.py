@@ -13,6 +13,7 @@ children, K = len(betas); their outputs are the feature maps.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -23,9 +24,12 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from benchmark.core.errors import ConfigError
+from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -67,6 +71,7 @@ class NAD(Defense):
         opt = self._sgd(net, self.teacher_lr)
         net.train()
         accs = []
+        progress = Progress("nad teacher", self.teacher_epochs, logger=log)
         for _ in range(self.teacher_epochs):
             correct, seen = 0, 0
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
@@ -79,6 +84,8 @@ class NAD(Defense):
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
             accs.append(round(correct / seen, 4))
+            progress.update({"acc": accs[-1]})
+        progress.close()
         return accs
 
     def distill(
@@ -90,6 +97,7 @@ class NAD(Defense):
         teacher.eval()
         student.train()
         ce_hist, at_hist = [], []
+        progress = Progress("nad distill", self.epochs, logger=log)
         with capture(student, stages) as s_maps, capture(teacher, stages) as t_maps:
             for _ in range(self.epochs):
                 ce_sum, at_sum, n = 0.0, 0.0, 0
@@ -112,6 +120,8 @@ class NAD(Defense):
                 sched.step()
                 ce_hist.append(round(ce_sum / n, 4))
                 at_hist.append(round(at_sum / n, 4))
+                progress.update({"ce": ce_hist[-1], "attention loss": at_hist[-1]})
+        progress.close()
         return {"ce_per_epoch": ce_hist, "attention_loss_per_epoch": at_hist}
 
     def _sgd(self, net: nn.Module, lr: float) -> torch.optim.SGD:

@@ -25,8 +25,8 @@ from typing import Literal
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
+from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import DefenseData, DefenseOutput
@@ -74,9 +74,9 @@ class RNP(MaskPruningDefense):
         )
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, self.unlearn_milestones, 0.1)
         accs: list[float] = []
-        bar = tqdm(range(self.unlearn_epochs), desc="rnp unlearn", disable=None, leave=False)
-        for _ in bar:
-            correct, seen = 0, 0
+        progress = Progress("rnp unlearn", self.unlearn_epochs, logger=log)
+        for _ in range(self.unlearn_epochs):
+            correct, seen, loss_sum = 0, 0, torch.zeros((), device=data.device)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 with data.precision.autocast(data.device):
                     logits = net(x)
@@ -88,13 +88,15 @@ class RNP(MaskPruningDefense):
                 opt.step()
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
+                loss_sum += loss.detach() * len(y)  # for the progress line only
                 if self.unlearn_check == "batch" and correct / seen <= self.clean_threshold:
                     break  # the running accuracy of this epoch so far is low enough: stop mid-epoch
             sched.step()
             accs.append(correct / seen)
-            bar.set_postfix(acc=f"{accs[-1]:.3f}")
+            progress.update(lambda s=loss_sum, n=seen: {"loss": s.item() / n, "acc": accs[-1]})
             if accs[-1] <= self.clean_threshold:
                 break
+        progress.close()
         reached = accs[-1] <= self.clean_threshold
         if not reached:
             log.warning(
@@ -121,8 +123,9 @@ class RNP(MaskPruningDefense):
         net.train()
         opt = torch.optim.SGD(masks, lr=self.recover_lr, momentum=self.recover_momentum)
         accs: list[float] = []
-        for _ in tqdm(range(self.recover_epochs), desc="rnp recover", disable=None, leave=False):
-            correct, seen = 0, 0
+        progress = Progress("rnp recover", self.recover_epochs, logger=log)
+        for _ in range(self.recover_epochs):
+            correct, seen, loss_sum = 0, 0, torch.zeros((), device=data.device)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 with data.precision.autocast(data.device):
                     logits = net(x)
@@ -133,5 +136,8 @@ class RNP(MaskPruningDefense):
                 clamp_unit(masks)
                 correct += int((logits.argmax(1) == y).sum())
                 seen += len(y)
+                loss_sum += loss.detach() * len(y)  # for the progress line only
             accs.append(correct / seen)
+            progress.update(lambda s=loss_sum, n=seen: {"loss": s.item() / n, "acc": accs[-1]})
+        progress.close()
         return mask_values(net), {"epochs": self.recover_epochs, "acc_per_epoch": [round(a, 4) for a in accs]}

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -60,6 +61,17 @@ class Precision:
 
 
 AUTO = Precision()  # the default of every loop: bf16 on CUDA, fp32 on the CPU
+
+
+@functools.cache
+def cpu_name() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo; else what `platform` knows): results record it, since
+    float results and timings move between CPU models."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 @functools.cache

@@ -15,12 +15,12 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from benchmark.core.archs import to_input
 from benchmark.core.augment import AugmentSpec, random_crop_flip
 from benchmark.core.data import ImageSet
 from benchmark.core.precision import AUTO, Precision
+from benchmark.core.progress import Progress
 from benchmark.core.validation import Checked, bounded
 
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ def train_classifier(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe, steps_per_epoch))
     history, step = [], 0
     forward = torch.compile(model) if recipe.compile else model  # shares `model`'s parameters
-    bar = tqdm(range(recipe.epochs), desc=desc, disable=None, leave=False)
-    for epoch in bar:
+    progress = Progress(desc, recipe.epochs, logger=log)
+    for epoch in range(recipe.epochs):
         model.train()
         total_loss = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
@@ -163,12 +163,17 @@ def train_classifier(
             total_loss += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
             seen += len(y)
+            progress.within(  # a line from inside a long epoch; the running sums are read only then
+                seen / len(data),
+                lambda t=total_loss, c=correct, s=seen: {"loss": t.item() / s, "train acc": c.item() / s},
+            )
         row = {"epoch": epoch + 1, "loss": total_loss.item() / seen, "train_acc": correct.item() / seen}
         due = recipe.eval_every and ((epoch + 1) % recipe.eval_every == 0 or epoch + 1 == recipe.epochs)
         if monitor is not None and due:
             row.update(monitor(model))
         history.append(row)
-        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_acc']:.3f}")
+        progress.update({"loss": row["loss"], "train acc": row["train_acc"]})
         log.debug("epoch %d loss %.4f train acc %.4f", epoch + 1, row["loss"], row["train_acc"])
+    progress.close()
     hook.end(model)
     return history

@@ -51,7 +51,7 @@ from benchmark.core.data import ImageSet, TriggeredSet
 from benchmark.core.errors import BenchmarkError, ConfigError, stop_interrupted
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.io import atomic_write_json
-from benchmark.core.precision import AUTO, PRECISIONS, Precision
+from benchmark.core.precision import AUTO, PRECISIONS, Precision, cpu_name
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.perf.reference import BATCH as REFERENCE_TEST_BATCH
 from benchmark.perf.reference import loading_seconds, make_loaders, run_reference_rnp
@@ -332,7 +332,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "type": device.type,
         "torch_threads": torch.get_num_threads(),
         "torch_interop_threads": torch.get_num_interop_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
@@ -340,14 +340,6 @@ def device_info(device: torch.device) -> dict[str, Any]:
         props = torch.cuda.get_device_properties(device)
         info.update(name=props.name, memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
     return info
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def all_versions() -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The reference RNP's way of running a cell, rebuilt only as the baseline of `benchmark.perf`.
 
 It does the same unlearning, recovery and threshold sweep as `defenses.rnp`, but the way the authors'
-code does it (see REFERENCE.md), which is where their cell's minutes go:
+code (bboylyg/RNP, see docs/references.md) does it, which is where their cell's minutes go:
 - a `torch.utils.data.Dataset` that hands out one PIL image at a time through torchvision transforms
   (random crop + flip + ToTensor + Normalize), read by a `DataLoader` of batch 128 in the main process;
 - fp32, NCHW, no autocast;

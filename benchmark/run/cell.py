@@ -16,13 +16,13 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm.auto import tqdm
 
 from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset, make_splits
 from benchmark.core.data.source import Source, file_specs
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.precision import Precision
+from benchmark.core.progress import Progress
 from benchmark.run.config import RunConfig, build_run_config, check_writable
 from benchmark.run.loggers import make_logger
 from benchmark.run.model import CellData, Streams, obtain_model
@@ -60,7 +60,8 @@ def evaluate_curve(
 ) -> list[dict[str, Any]]:
     """Metrics for every point of a defense's curve — for the record, never for selecting the model."""
     rows, seen = [], {}
-    for point in tqdm(curve, desc="defense curve", disable=None, leave=False):
+    progress = Progress("defense curve", len(curve), "point", logger=log)
+    for point in curve:
         if point.key is None or point.key not in seen:
             metrics = evaluate(point.build(), test, triggered, batch_size, precision)
             if point.key is not None:
@@ -68,6 +69,8 @@ def evaluate_curve(
         else:
             metrics = seen[point.key]
         rows.append({**point.params, **{k: round(v, 6) for k, v in metrics.as_dict().items()}})
+        progress.update(rows[-1])
+    progress.close()
     return rows
 
 

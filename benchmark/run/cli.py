@@ -13,9 +13,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from benchmark.core.errors import BenchmarkError, stop_interrupted
+from benchmark.run.help import register_help_resolver
 from benchmark.run.runtime import CONF_DIR, runtime_from_config
 
 log = logging.getLogger("benchmark")
+register_help_resolver()  # the option lists of `--help` (conf/hydra/help/benchmark.yaml)
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")

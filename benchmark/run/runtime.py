@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from benchmark import CONF_DIR
 from benchmark.core.errors import ConfigError
-from benchmark.core.precision import PRECISIONS, Precision, warn_if_slow
+from benchmark.core.precision import PRECISIONS, Precision, cpu_name, warn_if_slow
 
 __all__ = [
     "CONF_DIR",
@@ -93,5 +93,10 @@ def runtime_from_config(cfg: DictConfig, device_name: str | None = None) -> torc
 
 
 def runtime_info(device: torch.device, precision: Precision) -> dict[str, Any]:
-    """How the numbers were computed: device, precision and CPU threads (they move the last digits)."""
-    return {"device": str(device), "precision": precision.resolved(device), "torch_threads": torch.get_num_threads()}
+    """How the numbers were computed: device, CPU model, precision and threads (they move the last digits)."""
+    return {
+        "device": str(device),
+        "cpu": cpu_name(),
+        "precision": precision.resolved(device),
+        "torch_threads": torch.get_num_threads(),
+    }

@@ -14,6 +14,7 @@ A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<ar
 from __future__ import annotations
 
 import contextlib
+import importlib.resources
 import json
 import logging
 import os
@@ -272,14 +273,28 @@ def grid_values(config: DictConfig) -> dict[str, list[str]]:
     return out
 
 
+def search_dirs(config: DictConfig) -> list[Path]:
+    """The config folders a user added with `hydra.searchpath=[file:///lab/conf]` (lab presets)."""
+    dirs = []
+    for entry in OmegaConf.select(config, "hydra.searchpath", default=None) or []:
+        if str(entry).startswith("file://"):
+            dirs.append(Path(str(entry)[len("file://") :]))
+        elif str(entry).startswith("pkg://"):
+            with contextlib.suppress(ImportError, TypeError):
+                dirs.append(Path(str(importlib.resources.files(str(entry)[len("pkg://") :].replace("/", ".")))))
+    return dirs
+
+
 def missing_options(config: DictConfig, conf_dir: Path) -> list[str]:
-    """`group=option` entries of the grid with no conf/<group>/<option>.yaml, as messages naming the choices."""
+    """`group=option` entries of the grid with no <group>/<option>.yaml in conf/ or a folder the user added
+    to the search path, as messages naming the choices."""
     problems = []
+    dirs = [Path(conf_dir), *search_dirs(config)]
     for key, values in grid_values(config).items():
-        group = Path(conf_dir) / key
-        if "/" in key or not group.is_dir():
+        groups = [d / key for d in dirs if (d / key).is_dir()]
+        if "/" in key or not groups:
             continue
-        choices = sorted(p.stem for p in group.glob("*.yaml"))
+        choices = sorted({p.stem for group in groups for p in group.glob("*.yaml")})
         missing = [v for v in values if v not in choices and v != "null"]
         if missing:
             problems.append(f"{key}={','.join(missing)} not in conf/{key}/; choose from {', '.join(choices)}")

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from benchmark.core.data.images import ImageSet
 from benchmark.core.data.registry import OFFLINE_HINT, register_loader
@@ -28,6 +27,7 @@ from benchmark.core.download.archives import archive_stem, extract, sniff
 from benchmark.core.download.fetch import Fetched, FetchError, fetch
 from benchmark.core.errors import DataMissingError
 from benchmark.core.io import atomic_torch_save
+from benchmark.core.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +175,11 @@ def read_folder(folder: Path, classes: list[str], size: int = SIZE) -> ImageSet:
     """An ImageFolder tree as one (N, 3, size, size) uint8 tensor, decoded once."""
     files = [(p, i) for i, c in enumerate(classes) for p in _images(folder / c)]
     x = torch.empty((len(files), 3, size, size), dtype=torch.uint8)
-    for n, (p, _) in enumerate(tqdm(files, desc=f"decoding {folder.name}", disable=None, leave=False)):
+    progress = Progress(f"decoding {folder.name}", len(files), "image", logger=log)
+    for n, (p, _) in enumerate(files):
         x[n] = decode(p, size)
+        progress.update()
+    progress.close()
     return ImageSet(x, torch.tensor([i for _, i in files], dtype=torch.int64))
 
 

@@ -26,6 +26,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from benchmark.core.errors import BenchmarkError
+from benchmark.core.io import honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ def extract_many(archives: list[Path], target: Path, kinds: list[Kind | None] | 
     try:
         for archive, kind in zip(archives, resolved, strict=True):
             _extract_into(archive, tmp, kind)
+        honour_umask(tmp)  # mkdtemp makes it 0700; the extracted folder is shared like any other
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -34,7 +34,7 @@ from typing import Any
 from filelock import FileLock
 
 from benchmark.core.errors import BenchmarkError, ConfigError, DataMissingError
-from benchmark.core.io import atomic_write_json
+from benchmark.core.io import atomic_write_json, honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -400,6 +400,7 @@ def fetch(
         _check_pinned(tmp, "sha256", digest, sha256, what, remote)
         if md5 is not None:
             _check_pinned(tmp, "md5", md5_file(tmp), md5, what, remote)
+        honour_umask(tmp)  # gdown's temp file is 0600; a shared zoo folder needs the group's usual mode
         os.replace(tmp, dest)
         meta_path(tmp).unlink(missing_ok=True)
         _record(dest, remote, digest, sha256, md5)
