@@ -132,7 +132,12 @@ def match(entry: Entry, config: dict[str, Any]) -> Match:
 
 
 def entries_for(entries: list[Entry], attack: str, defense: str) -> list[Entry]:
-    """The entries of this defense whose attack is this one (or unnamed: a whole table without attacks)."""
+    """The entries of this defense whose attack is this one (or unnamed: a whole table without attacks).
+
+    None for the clean model (attack `none`): no table here has a clean-model row to compare with.
+    """
+    if attack == "none":
+        return []
     return [e for e in entries if e.defense == defense and e.attack in (attack, None)]
 
 
