@@ -269,8 +269,11 @@ def test_report_shows_the_clean_model_the_paired_difference_and_published_number
         for seed, values in enumerate(rows):
             path = root / "cifar10/resnet18" / attack / defense / f"seed{seed}" / "result.json"
             atomic_write_json(path, _result(attack, defense, seed, values))
-    write_report(root, plots=False)
+    write_report(root)
     md = (root / "results.md").read_text()
+    assert (
+        root / "plots/clean_model_cifar10_resnet18.png"
+    ).is_file() and "plots/clean_model_cifar10_resnet18.png" in md
     # RNP − ANP on badnets: CA diffs +2, 0, +4 points (mean 2, s 2); ASR diffs +5, 0, +10 (mean 5, s 5)
     t2 = 4.3027
     ca_half, asr_half = t2 * 2 / math.sqrt(3), t2 * 5 / math.sqrt(3)
