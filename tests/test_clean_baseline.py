@@ -117,6 +117,11 @@ def test_clean_cell_records_natural_asr_and_shares_the_clean_model_cache(tmp_hom
     assert second["model_source"] == "cache" and second["model_sha256"] == first["model_sha256"]
     assert second["natural_asr"]["before"] == natural["before"]  # the same clean model, the same triggers
     assert "natural_asr" not in _cell(["attack=badnets", "defense=none"], tmp_home / "c")
+    all2all = _cell(["attack=none", "defense=none", "attack.label_mode=all2all"], tmp_home / "d")["natural_asr"]
+    assert list(all2all["before"]) == ["badnets", "blend", "wanet", "ablend", "dfst"]
+    assert {k: all2all["left_out"][k] for k in ("sig", "cl", "fc")} == dict.fromkeys(
+        ("sig", "cl", "fc"), "clean-label: no all2all trigger"
+    )
 
 
 # --- the published-number registry --------------------------------------------------------------------------

@@ -115,7 +115,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         rc.cell, (source, meta), before, after, out.info, curve_rows, timing, config, runtime_info(device)
     )
     if natural:
-        result["natural_asr"] = natural_record(natural, natural_before, natural_after)
+        result["natural_asr"] = natural_record(rc.attack, natural, natural_before, natural_after)
         log.info("natural ASR before: %s; after: %s", natural_before, natural_after)
     write_result(run_dir, result)
     write_csv(run_dir / "curve.csv", curve_rows)
