@@ -130,6 +130,8 @@ def published_section(g: Group, entries: list[Entry]) -> Section | None:
                 continue
             for m in matches(entries, cells[0].config):
                 e = m.entry
+                if e.values is None and m.mismatches:
+                    continue  # a table whose numbers are missing, for another setting: nothing to show
                 ours_before = [g.stat(attack, BASELINE, k) for k in ("clean_acc", "asr")]
                 ours_after = [g.stat(attack, defense, k) for k in ("clean_acc", "asr")]
                 ours = " → ".join(
@@ -154,7 +156,8 @@ def published_section(g: Group, entries: list[Entry]) -> Section | None:
         return None
     header = ["attack", "defense", "published entry (source)", "published CA / ASR", "ours CA / ASR", "comparison"]
     notes = [
-        "entries of conf/published.yaml for each attack and defense that ran; CA / ASR in %, before → after the "
+        "entries of conf/published.yaml for each attack and defense that ran (those without numbers only where "
+        "their settings match); CA / ASR in %, before → after the "
         "defense; ours: the mean over seeds. A difference is given only where every setting of the entry matches "
         "the cell's config; otherwise each setting that differs is named"
     ]
