@@ -308,6 +308,9 @@ def test_report_shows_the_clean_model_the_paired_difference_and_published_number
     assert "not compared: published at defense.prune_threshold 0.15, this cell 0.2" in t15
     anp_row = next(line for line in md.splitlines() if "backdoorbench-cifar10-preact_resnet18-badnets-anp" in line)
     assert "published at arch.name preact_resnet18, this cell resnet18" in anp_row and "ours − published" not in anp_row
+    paper = next(line for line in md.splitlines() if "rnp-paper-cifar10-resnet18" in line)
+    assert "not available here: the table's numbers are not recorded" in paper
+    assert "rnp-paper-imagenet12-resnet18" not in md  # no numbers and another dataset: not listed
     page = (root / "report.html").read_text()
     assert "Clean model (attack=none): what each defense costs" in page and "RNP − ANP, paired by seed" in page
     assert "Published numbers beside ours" in page
