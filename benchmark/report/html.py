@@ -348,6 +348,11 @@ def _definitions(max_ca_drop: float) -> str:
         "qualifies, the reason is listed under the ASR pivot. DER = (max(0, ΔASR) − max(0, ΔCA) + 1) / 2, shown with "
         "the clean accuracy change after − before in points. Seconds: backdoor training (and the attack's "
         "preparation) once per model; a cell's seconds leave it out even when that cell trained the model. "
+        "Intervals are two-sided 95% Student t intervals of the mean over seeds (df = n − 1; none for one seed). "
+        "RNP − ANP is paired by seed: both defenses on the same backdoored model, then the mean difference and its "
+        "t interval. The clean model (attack=none) has its own tables: what each defense costs with no backdoor, "
+        "and the natural ASR of fixed triggers. Published numbers are compared only where every setting matches; "
+        "otherwise the settings that differ are named. "
         "Click a column header to sort; the URL keeps the sort and the filters.</p></details>"
     )
 
