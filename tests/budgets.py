@@ -42,6 +42,7 @@ BUDGETS: dict[str, dict[str, Budget]] = {
         "dynamic": Budget(min_asr=0.7),  # trains a trigger generator with the classifier (6 s as a debug cell)
         "lira": Budget(min_asr=0.7),  # alternates generator and classifier updates
         "dfst": Budget(min_asr=0.7),  # trains its style generator first
+        "none": Budget(),  # the clean model: nothing to implant (tests/test_clean_baseline.py)
     },
     "defense": {
         "none": Budget(),

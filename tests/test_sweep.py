@@ -257,8 +257,9 @@ def test_paper_presets_hold_their_grid(preset: str) -> None:
     params = spec.hydra.sweeper.params
     assert set(params) == {"attack", "defense", "seed"}
     assert {"none", "rnp", "anp"} <= set(params.defense.split(","))
+    assert "none" in params.attack.split(",")  # the clean model: each defense's cost with no backdoor
     if preset == "rnp_cifar10":
-        assert len(params.attack.split(",")) == 12
+        assert len(params.attack.split(",")) == 13  # the paper's 12 attacks and the clean model
     for problem in missing_options(OmegaConf.create({"hydra": {"sweeper": {"params": params}}}), CONF):
         # an option still being written: the sweep refuses to start (GridCheck) until it exists
         warnings.warn(f"{preset}: {problem}", stacklevel=1)

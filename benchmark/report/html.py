@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmark.report.published import Entry, load_registry
+from benchmark.report.sections import Section, group_sections
 from benchmark.report.table import (
     BASELINE,
     Cell,
@@ -92,7 +94,18 @@ def _col(defense: str) -> dict[str, Any]:
     return {} if defense == BASELINE else {"defense": defense, "f": ""}
 
 
-def group_section(index: int, key: Key, g: Group, max_ca_drop: float, images: dict[str, str]) -> str:
+def extra_section(gid: str, s: Section) -> str:
+    """A report section (intervals, RNP − ANP, clean model, published) as a sortable table with its notes."""
+    header = [(f"c{i}", h, {}) for i, h in enumerate(s.header)]
+    rows = [f"<tr>{''.join(_td(esc(c)) for c in row)}</tr>" for row in s.rows]
+    notes = "".join(f"<li>{esc(n)}</li>" for n in s.notes)
+    table = _table(f"{gid}-{s.key}", header, rows)
+    return f'<h3>{esc(s.title)}</h3>{table}<ul class="notes">{notes}</ul>'
+
+
+def group_section(
+    index: int, key: Key, g: Group, max_ca_drop: float, images: dict[str, str], entries: Sequence[Entry] = ()
+) -> str:
     """One (dataset, arch): clean acc, ASR, DER (ΔCA) and seconds pivots, notes on missing bests, plots."""
     dataset, arch = key
     seeds = len({c.row["seed"] for cells in g.ok.values() for c in cells})
@@ -147,6 +160,7 @@ def group_section(index: int, key: Key, g: Group, max_ca_drop: float, images: di
         _pivot(f"{gid}-der", g, g.defenses(), der, BASELINE),
         "<h3>Seconds: backdoor training per model; per cell, defense phase / whole cell without backdoor training</h3>",
         _pivot(f"{gid}-s", g, columns, seconds, "backdoor training"),
+        *(extra_section(gid, s) for s in group_sections(g, list(entries))),
         f'<div class="plots">{figures}</div>' if figures else "",
         "</section>",
     ]
@@ -287,9 +301,15 @@ def _images(root: Path, keyed: Sequence[str]) -> dict[str, tuple[str | None, str
 
 
 def html_report(
-    root: Path, cells: Sequence[Cell], groups: dict[Key, Group], max_ca_drop: float, plots: dict[Key, list[str]]
+    root: Path,
+    cells: Sequence[Cell],
+    groups: dict[Key, Group],
+    max_ca_drop: float,
+    plots: dict[Key, list[str]],
+    entries: Sequence[Entry] | None = None,
 ) -> str:
     """The page: definitions, filters, per (dataset, arch) pivots and plots, all cells, details, failures."""
+    entries = load_registry() if entries is None else entries
     sections = []
     for i, (key, g) in enumerate(groups.items()):
         images = _images(root, plots.get(key, []))
@@ -297,7 +317,7 @@ def html_report(
             name = f"pruning_{file_safe(*key, attack)}"
             if name in images:
                 images[name] = (attack, images[name][1])
-        sections.append(group_section(i, key, g, max_ca_drop, images))
+        sections.append(group_section(i, key, g, max_ca_drop, images, entries))
     n_bad = sum(not c.ok for c in cells)
     title = f"Sweep results: {root.name}"
     body = [
@@ -328,6 +348,11 @@ def _definitions(max_ca_drop: float) -> str:
         "qualifies, the reason is listed under the ASR pivot. DER = (max(0, ΔASR) − max(0, ΔCA) + 1) / 2, shown with "
         "the clean accuracy change after − before in points. Seconds: backdoor training (and the attack's "
         "preparation) once per model; a cell's seconds leave it out even when that cell trained the model. "
+        "Intervals are two-sided 95% Student t intervals of the mean over seeds (df = n − 1; none for one seed). "
+        "RNP − ANP is paired by seed: both defenses on the same backdoored model, then the mean difference and its "
+        "t interval. The clean model (attack=none) has its own tables: what each defense costs with no backdoor, "
+        "and the natural ASR of fixed triggers. Published numbers are compared only where every setting matches; "
+        "otherwise the settings that differ are named. "
         "Click a column header to sort; the URL keeps the sort and the filters.</p></details>"
     )
 

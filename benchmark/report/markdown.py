@@ -6,6 +6,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmark.report.published import Entry, load_registry
+from benchmark.report.sections import Section, group_sections
 from benchmark.report.table import (
     BASELINE,
     FIRST_DEFENSES,
@@ -47,7 +49,15 @@ DER_TITLE = "DER (%), with the clean accuracy change in points (ΔCA)"
 SECONDS_TITLE = "Seconds: backdoor training per model; per cell, defense phase / whole cell without backdoor training"
 
 
-def group_markdown(key: Key, g: Group, max_ca_drop: float, plots: Sequence[str]) -> list[str]:
+def section_markdown(s: Section) -> list[str]:
+    """A section as a level-3 heading, its table and its notes (one line each)."""
+    body = [[cell.replace("|", "\\|") for cell in row] for row in s.rows]
+    return [f"### {s.title}", "", *_table(s.header, body), "", *(f"- {n}." for n in s.notes), ""]
+
+
+def group_markdown(
+    key: Key, g: Group, max_ca_drop: float, plots: Sequence[str], entries: Sequence[Entry] = ()
+) -> list[str]:
     dataset, arch = key
     seeds = len({c.row["seed"] for cells in g.ok.values() for c in cells})
     n_ok = sum(map(len, g.ok.values()))
@@ -91,14 +101,24 @@ def group_markdown(key: Key, g: Group, max_ca_drop: float, plots: Sequence[str])
             [a] + [stat_cell(m)(a, d) for m in ("clean_acc", "asr", "der") for d in FIRST_DEFENSES] for a in g.attacks()
         ]
         lines += [*_table(header, body), ""]
+    for section in group_sections(g, list(entries)):
+        lines += section_markdown(section)
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return [*lines, ""] if plots else lines
 
 
 def markdown(
-    root: Path, cells: Sequence[Cell], groups: dict[Key, Group], max_ca_drop: float, plots: dict[Key, list[str]]
+    root: Path,
+    cells: Sequence[Cell],
+    groups: dict[Key, Group],
+    max_ca_drop: float,
+    plots: dict[Key, list[str]],
+    entries: Sequence[Entry] | None = None,
 ) -> str:
-    """results.md: a header that defines every number, then one section per (dataset, arch), then failures."""
+    """results.md: a header that defines every number, then one section per (dataset, arch), then failures.
+
+    `entries`: the published numbers to show beside ours (default: conf/published.yaml)."""
+    entries = load_registry() if entries is None else entries
     lines = [
         f"# Sweep results: {root.name}",
         "",
@@ -114,10 +134,13 @@ def markdown(
         "points: a high DER can hide a large loss of clean accuracy. Seconds: backdoor training (+ the attack's",
         "preparation) once per model, from its training record whichever cell trained it; a cell's seconds leave",
         "it out even when that cell trained the model (`model_source: trained`).",
+        "Intervals: two-sided 95% Student t intervals of the mean over seeds (df = n − 1; none for one seed).",
+        "RNP − ANP: per seed, the two defenses on the same backdoored model, then the mean difference and its t",
+        "interval. `none` (the clean model, attack=none) has its own section: each defense's cost with no backdoor.",
         "",
     ]
     for key, g in groups.items():
-        lines += group_markdown(key, g, max_ca_drop, plots.get(key, []))
+        lines += group_markdown(key, g, max_ca_drop, plots.get(key, []), entries)
     bad = [c for c in cells if not c.ok]
     if bad:
         lines += ["## Failed or invalid cells", ""]

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only: no display on a cluster node
 import matplotlib.pyplot as plt
 
 from benchmark.core.io import atomic_write_bytes
-from benchmark.report.table import BASELINE, Group, Stat, file_safe
+from benchmark.report.table import BASELINE, CLEAN, Group, Stat, file_safe
 
 CURVE_METRICS = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"), ("robust_acc", "robust accuracy"))
 
@@ -164,6 +164,44 @@ def pruning_figure(title: str, per_defense: dict[str, tuple[list, list[float]]],
     return fig
 
 
+def _yerr(stats: list[Stat]) -> list[list[float]]:
+    """Error bars from each mean to its 95% t interval (zero for one seed), in percent."""
+    lo = [100 * (s.mean - s.interval.lo) if s.interval else 0.0 for s in stats]
+    hi = [100 * (s.interval.hi - s.mean) if s.interval else 0.0 for s in stats]
+    return [lo, hi]
+
+
+def clean_cost(path: Path, title: str, g: Group) -> Path | None:
+    """attack=none: clean accuracy after each defense (95% t interval bars) beside the clean model's own level,
+    and the natural ASR of each fixed trigger before and after each defense."""
+    defenses = [d for d in [BASELINE, *g.defenses()] if g.stat(CLEAN, d, "clean_acc") is not None]
+    if not defenses:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    stats = [g.stat(CLEAN, d, "clean_acc") for d in defenses]
+    bars = [s for s in stats if s is not None]
+    left.bar(defenses, [100 * s.mean for s in bars], yerr=_yerr(bars), capsize=4, color="tab:blue", alpha=0.8)
+    left.axhline(100 * bars[0].mean, color="black", linestyle="--", linewidth=1, label=f"{BASELINE} (clean model)")
+    low = min(100 * (s.interval.lo if s.interval else s.mean) for s in bars)
+    left.set(ylabel="clean accuracy (%)", title="clean model: accuracy after each defense (95% t)")
+    left.set_ylim(max(0.0, low - 5), 100)
+    left.legend(fontsize=7)
+    triggers = g.natural_attacks()
+    width = 0.8 / len(defenses)
+    for i, d in enumerate(defenses):
+        values = [g.natural(d, a) for a in triggers]
+        xs = [j + i * width for j in range(len(triggers))]
+        right.bar(xs, [100 * v.mean if v else 0.0 for v in values], width, label=d)
+    right.set_xticks([j + 0.4 - width / 2 for j in range(len(triggers))], triggers, rotation=30, fontsize=7)
+    right.set(ylabel="natural ASR (%)", title="fixed triggers on the clean model (mean over seeds)")
+    right.legend(fontsize=7)
+    for ax in (left, right):
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
 def group_plots(out_dir: Path, key: tuple[str, str], g: Group) -> list[Path]:
     """All plots of one (dataset, arch) into `out_dir`; returns their paths."""
     if not g.ok:  # only failed cells: nothing to draw
@@ -171,6 +209,11 @@ def group_plots(out_dir: Path, key: tuple[str, str], g: Group) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     dataset, arch = key
     paths = [clean_vs_asr(out_dir / f"clean_vs_asr_{file_safe(dataset, arch)}.png", f"{dataset} / {arch}", g)]
+    if g.has_clean():
+        cost = clean_cost(
+            out_dir / f"clean_model_{file_safe(dataset, arch)}.png", f"{dataset} / {arch}: no backdoor", g
+        )
+        paths += [cost] if cost else []
     for attack in g.attacks():
         per_defense = threshold_curves(g, attack)
         if per_defense:

@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.report.stats import Interval, Paired, t_interval
 from benchmark.run.record import CELL_KEYS, METRIC_KEYS, result_problems
 
+CLEAN = "none"  # the attack option of the clean model (attacks/none.py): its own section, not a pivot row
 BASELINE = "no defense"  # the column built from every cell's `before` metrics (the backdoored model itself)
 FIRST_DEFENSES = ("rnp", "anp")  # shown first, side by side; the others follow alphabetically
 PHASES = ("data", "model", "evaluate", "defense", "curve", "total")
@@ -34,6 +36,8 @@ class Cell:
     selected: float | None = None
     config: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    natural: dict[str, Any] = field(default_factory=dict)  # result.json's natural_asr (attack=none cells)
+    model_sha256: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -89,7 +93,16 @@ def read_cell(root: Path, path: Path) -> Cell:
     info = dict(obj.get("defense_info") or {})
     curve = list(info.pop("curve", None) or [])
     config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
-    return Cell(row, curve=curve, selected=info.get("selected_threshold"), config=config, info=info)
+    natural = obj.get("natural_asr") if isinstance(obj.get("natural_asr"), dict) else {}
+    return Cell(
+        row,
+        curve=curve,
+        selected=info.get("selected_threshold"),
+        config=config,
+        info=info,
+        natural=natural,
+        model_sha256=obj.get("model_sha256"),
+    )
 
 
 def _training_seconds(obj: dict[str, Any]) -> dict[str, Any]:
@@ -155,22 +168,30 @@ def to_csv(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 @dataclass(frozen=True)
 class Stat:
-    """Mean and sample standard deviation (n - 1) of a metric over seeds; std is None for one seed."""
+    """Mean and sample standard deviation (n - 1) of a metric over seeds; std is None for one seed.
+
+    `interval`: the two-sided 95% Student t interval of the mean (df = n - 1); None for one seed.
+    """
 
     mean: float
     std: float | None
     n: int
+    interval: Interval | None = None
 
     @classmethod
     def of(cls, values: Iterable[float | None]) -> Stat | None:
         xs = [float(v) for v in values if v is not None and not math.isnan(float(v))]
         if not xs:
             return None
-        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs))
+        return cls(statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else None, len(xs), t_interval(xs))
 
     def pct(self) -> str:
         """In percent, one decimal: `93.4 ± 0.2`."""
         return f"{100 * self.mean:.1f}" + (f" ± {100 * self.std:.1f}" if self.std is not None else "")
+
+    def pct_interval(self) -> str:
+        """Mean with its 95% t interval, in percent: `93.4 [92.9, 93.9]` (one seed: the mean alone)."""
+        return f"{100 * self.mean:.1f}" + (f" {self.interval.pct()}" if self.interval else "")
 
 
 def signed_points(fraction: float) -> str:
@@ -193,8 +214,67 @@ class Group:
     ok: dict[tuple[str, str], list[Cell]] = field(default_factory=lambda: defaultdict(list))
     bad: dict[tuple[str, str], list[Cell]] = field(default_factory=lambda: defaultdict(list))
 
-    def attacks(self) -> list[str]:
-        return sorted({a for a, _ in [*self.ok, *self.bad]})
+    def attacks(self, clean: bool = False) -> list[str]:
+        """The backdoor attacks of the pivots; with `clean`, also the clean model's `none` (if it ran)."""
+        names = {a for a, _ in [*self.ok, *self.bad]}
+        return sorted(names if clean else names - {CLEAN})
+
+    def has_clean(self) -> bool:
+        return any(a == CLEAN for a, _ in [*self.ok, *self.bad])
+
+    def per_seed(self, attack: str, defense: str, column: str) -> dict[int, float]:
+        """seed -> a row value of the ok cells of (attack, defense); for BASELINE the `before_` value."""
+        out: dict[int, float] = {}
+        for (a, d), cells in self.ok.items():
+            if a != attack or (defense != BASELINE and d != defense):
+                continue
+            for c in cells:
+                value = c.row.get(f"before_{column}" if defense == BASELINE else column)
+                if isinstance(value, (int, float)) and not math.isnan(value):
+                    out.setdefault(c.row["seed"], float(value))
+        return out
+
+    def paired(self, attack: str, a: str, b: str, metric: str) -> Paired | None:
+        """Defense `a` − defense `b` on `metric` after the defense, paired by seed (the same backdoored model)."""
+        return Paired.of(self.per_seed(attack, a, f"after_{metric}"), self.per_seed(attack, b, f"after_{metric}"))
+
+    def unpaired_models(self, attack: str, a: str, b: str) -> list[int]:
+        """Seeds where the cells of `a` and `b` name different model sha256s (then the pairing is not sound)."""
+        sha = {d: {c.row["seed"]: c.model_sha256 for c in self.ok.get((attack, d), [])} for d in (a, b)}
+        return sorted(s for s in sha[a].keys() & sha[b].keys() if sha[a][s] and sha[b][s] and sha[a][s] != sha[b][s])
+
+    def natural(self, defense: str, attack: str) -> Stat | None:
+        """Natural ASR of `attack`'s trigger on the clean model over seeds: before any defense for BASELINE."""
+        values: dict[Any, Any] = {}
+        for (a, d), cells in self.ok.items():
+            if a != CLEAN or (defense != BASELINE and d != defense):
+                continue
+            for c in cells:
+                phase = c.natural.get("before" if defense == BASELINE else "after") or {}
+                if attack in phase:
+                    values.setdefault(c.row["seed"], phase[attack])
+        return Stat.of(values.values())
+
+    def natural_attacks(self) -> list[str]:
+        """The attacks whose natural ASR the clean cells recorded, in their recorded order."""
+        names: dict[str, None] = {}
+        for (a, _), cells in self.ok.items():
+            for c in cells if a == CLEAN else []:
+                names.update(dict.fromkeys(c.natural.get("before") or {}))
+        return list(names)
+
+    def left_out(self) -> dict[str, str]:
+        """Attacks without natural ASR and why, as the clean cells recorded it."""
+        out: dict[str, str] = {}
+        for (a, _), cells in self.ok.items():
+            if a == CLEAN:
+                for c in cells:
+                    out.update(c.natural.get("left_out") or {})
+        return dict(sorted(out.items()))
+
+    def pruned(self, attack: str, defense: str) -> Stat | None:
+        """Channels pruned (defense_info `pruned`, RNP/ANP/CLP...) over seeds; None for defenses that prune none."""
+        return Stat.of(c.info.get("pruned") for c in self.ok.get((attack, defense), []) if "pruned" in c.info)
 
     def defenses(self) -> list[str]:
         """Defense columns: RNP and ANP first (side by side), then the rest; `none` is the baseline column."""
@@ -266,7 +346,7 @@ def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
     """One row per (dataset, arch, attack, defense) incl. the baseline: n, failures, mean/std of each metric."""
     rows = []
     for (dataset, arch), g in groups.items():
-        for attack in g.attacks():
+        for attack in g.attacks(clean=True):
             for defense in [BASELINE, *g.defenses()]:
                 row: dict[str, Any] = {"dataset": dataset, "arch": arch, "attack": attack, "defense": defense}
                 row["failed"] = 0 if defense == BASELINE else len(g.bad.get((attack, defense), []))
@@ -280,5 +360,7 @@ def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
                     row["n"] = max(row.get("n", 0), s.n if s else 0)
                     row[f"{m}_mean"] = rounded(m, s.mean) if s else None
                     row[f"{m}_std"] = rounded(m, s.std) if s and s.std is not None else None
+                    row[f"{m}_ci95_lo"] = rounded(m, s.interval.lo) if s and s.interval else None
+                    row[f"{m}_ci95_hi"] = rounded(m, s.interval.hi) if s and s.interval else None
                 rows.append(row)
     return rows

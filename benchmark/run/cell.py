@@ -26,6 +26,7 @@ from benchmark.core.progress import Progress
 from benchmark.run.config import RunConfig, build_run_config, check_writable
 from benchmark.run.loggers import make_logger
 from benchmark.run.model import CellData, Streams, obtain_model
+from benchmark.run.natural import natural_asr, natural_attacks, natural_record
 from benchmark.run.record import assemble_result, write_csv, write_result
 from benchmark.run.runtime import runtime_info
 from defenses.base import CurvePoint, DefenseData
@@ -81,6 +82,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
     rc = build_run_config(cfg)
     check_writable(run_dir, "the run directory")
     check_writable(Path(rc.paths.cache), "paths.cache")
+    natural = natural_attacks(rc.attack, rc.dataset.name, rc.dataset.num_classes)  # attack=none only
     log.info("cell: %s", ", ".join(f"{k}={v}" for k, v in rc.cell.items()))
     with timed(timing, "data"):
         data = prepare_data(rc, device)
@@ -99,12 +101,14 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
     log.info("triggered test set: %d images", len(triggered.images))
     with timed(timing, "evaluate"):
         before = evaluate(model, test, triggered, batch, precision)
+        natural_before = natural_asr(model, test, natural, rc.dataset.num_classes, batch, precision)
     log.info("before: %s", _fmt(before))
     with timed(timing, "defense"):
         defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision)
         out = rc.defense(model, defense_data, Streams(rc.seed).defense(device))
     with timed(timing, "evaluate"):
         after = evaluate(out.model, test, triggered, batch, precision)
+        natural_after = natural_asr(out.model, test, natural, rc.dataset.num_classes, batch, precision)
     with timed(timing, "curve"):
         curve_rows = evaluate_curve(out.curve, test, triggered, batch, precision)
     log.info("after:  %s", _fmt(after))
@@ -114,6 +118,9 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
     result = assemble_result(
         rc.cell, (source, meta), before, after, out.info, curve_rows, timing, config, runtime_info(device, precision)
     )
+    if natural:
+        result["natural_asr"] = natural_record(rc.attack, natural, natural_before, natural_after)
+        log.info("natural ASR before: %s; after: %s", natural_before, natural_after)
     write_result(run_dir, result)
     write_csv(run_dir / "curve.csv", curve_rows)
     logger = make_logger(rc.logger, run_dir, rc.key.label(), config, job_type=rc.key.defense)

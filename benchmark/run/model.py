@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from attacks.base import AttackContext
+from attacks.none import NoAttack
 from attacks.poison import poison_for_training, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.data import DataSplits, ImageSet
@@ -118,9 +119,12 @@ def zoo_settings(rc: RunConfig) -> dict[str, Any]:
     return settings
 
 
-def clean_model(rc: RunConfig, data: CellData, device: torch.device) -> nn.Module:
-    """A clean model trained on the clean training split (cached): the start of TrojanNN, CL, FC and AWP."""
-    meta = {"cell": {**{k: v for k, v in rc.cell.items() if k != "defense"}, "attack": "clean"}}
+def _clean_meta(rc: RunConfig) -> dict[str, Any]:
+    return {"cell": {**{k: v for k, v in rc.cell.items() if k != "defense"}, "attack": "clean"}}
+
+
+def train_clean(rc: RunConfig, data: CellData, device: torch.device) -> Any:
+    """The training function for the clean model: the cell's recipe on the clean training split, nothing poisoned."""
     train_data = data.splits.train
 
     def train(m: nn.Module) -> TrainOutcome:
@@ -129,10 +133,17 @@ def clean_model(rc: RunConfig, data: CellData, device: torch.device) -> nn.Modul
         history = train_classifier(
             m, train_data.to(device), rc.recipe, rc.augment, gen, desc="clean training", precision=rc.precision
         )
-        return {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}, {}
+        meta = {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}
+        return {**meta, "runtime": runtime_info(device, rc.precision)}, {}
 
+    return train
+
+
+def clean_model(rc: RunConfig, data: CellData, device: torch.device) -> nn.Module:
+    """A clean model trained on the clean training split (cached): the start of TrojanNN, CL, FC and AWP,
+    and the model of `attack=none` cells (the same cache entry)."""
     path = clean_model_path(rc, Path(rc.paths.cache), device)
-    model, source, _, _ = load_or_train(path, new_model(rc, device), train, meta)
+    model, source, _, _ = load_or_train(path, new_model(rc, device), train_clean(rc, data, device), _clean_meta(rc))
     log.info("clean model for %s: %s", rc.key.attack, source)
     return model.to(device).eval()
 
@@ -195,10 +206,19 @@ def _test_metrics(model: nn.Module, rc: RunConfig, data: CellData) -> dict[str, 
 
 
 def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> tuple[nn.Module, str, dict]:
-    """The backdoored model, with the attack's trigger state restored: from the zoo, the cache, else trained."""
+    """The backdoored model, with the attack's trigger state restored: from the zoo, the cache, else trained.
+
+    For `attack=none` it is the clean model, from the clean model's cache entry (trained once for both).
+    """
     zoo = model_from_zoo(rc.model, rc.key.model_key(), zoo_settings(rc), rc.attack, lambda: new_model(rc, device))
     if zoo is not None:
         return zoo.model.to(device), "zoo", zoo.meta
+    if isinstance(rc.attack, NoAttack):  # the clean model: one cache entry with the clean-model attacks' start
+        path = clean_model_path(rc, Path(rc.paths.cache), device)
+        model, source, meta, _ = load_or_train(
+            path, new_model(rc, device), train_clean(rc, data, device), _clean_meta(rc)
+        )
+        return model.to(device), source, {**meta, "sha256": sha256_file(path)}
     meta = {"cell": {k: v for k, v in rc.cell.items() if k != "defense"}}
     path = model_cache_path(rc, Path(rc.paths.cache), device)
     model, source, meta, trigger = load_or_train(path, new_model(rc, device), train_backdoored(rc, data, device), meta)
