@@ -134,7 +134,7 @@ def _plain(node: Any) -> dict[str, Any]:
     return out
 
 
-def _build(node: DictConfig, base: type) -> Any:
+def build_target(node: DictConfig, base: type) -> Any:
     """Instantiate a `_target_` node (minus its `name`) and check that it is a `base`."""
     params = OmegaConf.to_container(node, resolve=True)
     if not isinstance(params, dict):
@@ -190,7 +190,7 @@ def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) 
     dataset = _typed(DatasetConfig, cfg.dataset, "dataset")
     if len(dataset.mean) != dataset.channels or len(dataset.std) != dataset.channels:
         raise ConfigError(f"dataset {dataset.name}: mean/std need {dataset.channels} entries")
-    attack = _build(cfg.attack, Attack)
+    attack = build_target(cfg.attack, Attack)
     attack.check_dataset(dataset.num_classes)
     defense_data = _typed(DefenseDataConfig, cfg.defense_data, "defense_data")
     if defense_data.size > dataset.reserve:
@@ -206,7 +206,7 @@ def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) 
         augment=AugmentSpec(**dataset.augment),
         arch=arch,
         attack=attack,
-        defense=_build(cfg.defense, Defense),
+        defense=build_target(cfg.defense, Defense),
         recipe=_typed(TrainRecipe, cfg.train, "train"),
         logger=_typed(LoggerConfig, cfg.logger, "logger"),
         model=_typed(ModelSource, cfg.model, "model") if "model" in cfg else ModelSource(),

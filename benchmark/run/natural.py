@@ -24,7 +24,7 @@ from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import for_inference, predict
 from benchmark.core.precision import Precision
-from benchmark.run.config import _build
+from benchmark.run.config import build_target
 
 
 def learns_trigger(attack: Attack) -> bool:
@@ -43,7 +43,7 @@ def compose_attack(name: str, dataset: str, target: int, label_mode: str, conf_d
     if special.is_file():
         node = OmegaConf.merge(node, OmegaConf.load(special))
     node.target, node.label_mode = target, label_mode
-    attack = _build(node, Attack)
+    attack = build_target(node, Attack)
     if learns_trigger(attack):
         raise ConfigError(
             f"attack.natural_asr names {name!r}, whose trigger is learned while its backdoored model trains; "
@@ -58,7 +58,7 @@ def left_out(listed: list[str], conf_dir: Path = Path(CONF_DIR)) -> dict[str, st
     for path in sorted((conf_dir / "attack").glob("*.yaml")):
         if path.stem in listed or path.stem == "none":
             continue
-        cls = _build(OmegaConf.load(path), Attack)
+        cls = build_target(OmegaConf.load(path), Attack)
         out[path.stem] = (
             "its trigger is learned with the backdoored model"
             if learns_trigger(cls)
