@@ -41,12 +41,14 @@ def select_device(name: str) -> torch.device:
     return device
 
 
-def setup_runtime(seed: int, device_name: str, threads: int | None = None, precision: str = "auto") -> torch.device:
+def setup_runtime(
+    seed: int, device_name: str, threads: int | None = None, precision: str | Precision = "auto"
+) -> torch.device:
     """Seeding, device choice and backend flags, done once for the whole process; checks and warns on `precision`.
 
     The precision itself is no process state: callers pass a `Precision` to every loop.
     """
-    chosen = Precision(precision)  # a bad name fails here, naming the choices
+    chosen = precision if isinstance(precision, Precision) else Precision(precision)  # a bad name fails here
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
