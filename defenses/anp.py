@@ -13,6 +13,7 @@ into [-eps, eps] after its ascent step (`project_noise: true` does project it).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,7 +44,9 @@ class ANP(MaskPruningDefense):
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
         fit, holdout = self.split(data.images, gen)
+        start = time.perf_counter()
         masks, info = self.optimize_masks(model, DefenseData(fit, data.augment, data.num_classes), gen)
+        info["seconds"] = round(time.perf_counter() - start, 3)  # recorded only (scale study)
         return self.finish(model, masks, holdout, info)
 
     def optimize_masks(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[dict, dict]:
