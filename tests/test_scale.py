@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.core.errors import DataMissingError
 from benchmark.report.scale import main, write_scale_report
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
@@ -45,3 +46,24 @@ def test_scale_report_cli_names_a_dir_without_results(tmp_path: Path, capsys: py
     assert str(tmp_path) in capsys.readouterr().err
     assert main([str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+# RNP on experiment=proxy, measured on a shared 2-core AMD EPYC (README, "Scale study"): seed 0, clean acc
+# 0.909 -> 0.753 (cost 0.156), ASR 1.000 -> 0.000. The bounds leave room for another seed's spread; a
+# broken unlearning, recovery or pruning step either leaves the backdoor or costs far more accuracy.
+PROXY_MAX_ASR_AFTER = 0.10
+PROXY_MAX_CA_COST = 0.25
+
+
+@pytest.mark.slow
+def test_proxy_rnp_removes_the_backdoor_at_a_bounded_cost(tmp_home: Path) -> None:
+    """experiment=proxy end to end (about 6 minutes on 2 shared cores): the backdoor takes, RNP removes it."""
+    try:
+        result = _cell(["experiment=proxy"], tmp_home / "proxy")
+    except DataMissingError as exc:  # no Debian package and no network: say what is missing
+        pytest.skip(f"full Fashion-MNIST is not available: {exc}")
+    before, after = result["before"], result["after"]
+    assert before["clean_acc"] >= 0.88 and before["asr"] >= 0.95, before  # the backdoor took
+    assert after["asr"] <= PROXY_MAX_ASR_AFTER, after
+    assert before["clean_acc"] - after["clean_acc"] <= PROXY_MAX_CA_COST, (before, after)
+    assert result["defense_info"]["unlearn"]["reached_threshold"]

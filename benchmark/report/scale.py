@@ -206,6 +206,7 @@ def plot(path: Path, pts: Sequence[Point]) -> Path | None:
             for p in ps:
                 ax.annotate(_model_label(p.key), (p.key["params"], p.mean(metric)), fontsize=6, alpha=0.7)
         ax.axhline(bound, color="grey", linestyle="--", linewidth=0.8)
+        ax.set_ylim(-0.02, 1.02)  # both are fractions: one scale for every study, the target line visible
         ax.set_xscale("log")
         ax.set_xlabel("parameters")
         ax.set_title(title + f" (dashed: target {bound})")
