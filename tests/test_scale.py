@@ -49,8 +49,9 @@ def test_scale_report_cli_names_a_dir_without_results(tmp_path: Path, capsys: py
 
 
 # RNP on experiment=proxy, measured on a shared 2-core AMD EPYC (README, "Scale study"): seed 0, clean acc
-# 0.909 -> 0.753 (cost 0.156), ASR 1.000 -> 0.000. The bounds leave room for another seed's spread; a
-# broken unlearning, recovery or pruning step either leaves the backdoor or costs far more accuracy.
+# 0.909 -> 0.753 (cost 0.156), seed 1 0.906 -> 0.744 (0.162), ASR 1.000 -> 0.000 on both. The bounds leave
+# room for spread over seeds and machines; a broken unlearning, recovery or pruning step either leaves the
+# backdoor or costs far more accuracy.
 PROXY_MAX_ASR_AFTER = 0.10
 PROXY_MAX_CA_COST = 0.25
 
