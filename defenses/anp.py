@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -47,7 +48,9 @@ class ANP(MaskPruningDefense):
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
         fit, holdout = self.split(data.images, gen)
+        start = time.perf_counter()
         masks, info = self.optimize_masks(model, dataclasses.replace(data, images=fit), gen)
+        info["seconds"] = round(time.perf_counter() - start, 3)  # recorded only (scale study)
         return self.finish(model, masks, holdout, info, data.precision)
 
     def optimize_masks(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[dict, dict]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -57,8 +58,12 @@ class RNP(MaskPruningDefense):
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
         fit, holdout = self.split(data.images, gen)
         fit_data = dataclasses.replace(data, images=fit)
+        start = time.perf_counter()
         unlearned, unlearn_info = self.unlearn(model, fit_data, gen)
+        unlearn_info["seconds"] = round(time.perf_counter() - start, 3)  # recorded only (scale study)
+        start = time.perf_counter()
         masks, recover_info = self.recover(unlearned, fit_data, gen)
+        recover_info["seconds"] = round(time.perf_counter() - start, 3)
         del unlearned
         return self.finish(model, masks, holdout, {"unlearn": unlearn_info, "recover": recover_info}, data.precision)
 
