@@ -21,12 +21,11 @@ from attacks.none import NoAttack
 from attacks.poison import poison_for_training, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.data import DataSplits, ImageSet
-from benchmark.core.download.fetch import sha256_file
 from benchmark.core.evaluate import evaluate
 from benchmark.core.training import RUNTIME_FIELDS, train_classifier
 from benchmark.run.config import RunConfig
 from benchmark.run.runtime import runtime_info
-from benchmark.weights.model_cache import TrainOutcome, cache_key, load_or_train
+from benchmark.weights.model_cache import TrainOutcome, cache_key, load_or_train, recorded_sha256
 from benchmark.weights.zoo import model_from_zoo
 
 log = logging.getLogger(__name__)
@@ -214,14 +213,15 @@ def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> tuple[n
     if zoo is not None:
         return zoo.model.to(device), "zoo", zoo.meta
     if isinstance(rc.attack, NoAttack):  # the clean model: one cache entry with the clean-model attacks' start
-        path = clean_model_path(rc, Path(rc.paths.cache), device)
-        model, source, meta, _ = load_or_train(
-            path, new_model(rc, device), train_clean(rc, data, device), _clean_meta(rc)
+        path, train, meta = (
+            clean_model_path(rc, Path(rc.paths.cache), device),
+            train_clean(rc, data, device),
+            _clean_meta(rc),
         )
-        return model.to(device), source, {**meta, "sha256": sha256_file(path)}
-    meta = {"cell": {k: v for k, v in rc.cell.items() if k != "defense"}}
-    path = model_cache_path(rc, Path(rc.paths.cache), device)
-    model, source, meta, trigger = load_or_train(path, new_model(rc, device), train_backdoored(rc, data, device), meta)
+    else:
+        path, train = model_cache_path(rc, Path(rc.paths.cache), device), train_backdoored(rc, data, device)
+        meta = {"cell": {k: v for k, v in rc.cell.items() if k != "defense"}}
+    model, source, meta, trigger = load_or_train(path, new_model(rc, device), train, meta)
     if source == "cache":
         rc.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
-    return model.to(device), source, {**meta, "sha256": sha256_file(path)}
+    return model.to(device), source, {**meta, "sha256": recorded_sha256(path)}

@@ -54,6 +54,15 @@ def sidecar_path(path: Path) -> Path:
     return path.with_suffix(".json")
 
 
+def recorded_sha256(path: Path) -> str:
+    """The sha256 of a cache entry that `load_or_train` has just verified or written (from its sidecar, so the
+    file is not hashed twice)."""
+    side = _read_sidecar(path)
+    if side is None or not isinstance(side.get("sha256"), str):
+        raise CheckpointError(f"cached model {path}: its sidecar holds no sha256")
+    return side["sha256"]
+
+
 def _read_sidecar(path: Path) -> dict[str, Any] | None:
     try:
         side = json.loads(sidecar_path(path).read_text())
