@@ -11,6 +11,7 @@ Cells grow with the image as BadNets' do. The test trigger is the same pattern.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,7 +23,10 @@ from attacks.base import Attack, AttackContext, to_uint8
 from attacks.clean_model import frozen_copy
 from benchmark.core.archs import to_input
 from benchmark.core.errors import ConfigError
+from benchmark.core.progress import Progress
 from benchmark.core.validation import bounded
+
+log = logging.getLogger(__name__)
 
 # The authors' corner pattern (+1: white, -1: black) for the top-left and bottom-left corners; the right
 # corners carry its mirror image (poison_attack.py of the authors' code, "all-corners").
@@ -92,10 +96,12 @@ class LabelConsistent(Attack):
         device = next(clean.parameters()).device
         step = (self.step_size if self.step_size is not None else 2.5 * self.eps / self.steps) / 255
         out = []
-        for i in range(0, len(x), PGD_BATCH):
-            xb = to_input(x[i : i + PGD_BATCH].to(device))
-            yb = torch.full((len(xb),), self.target, device=device)
-            out.append(to_uint8(pgd_away(clean, xb, yb, self.eps / 255, self.steps, step) * 255).to(x.device))
+        with Progress("cl adversarial poisons", -(-len(x) // PGD_BATCH), "batch", logger=log) as progress:
+            for i in range(0, len(x), PGD_BATCH):
+                xb = to_input(x[i : i + PGD_BATCH].to(device))
+                yb = torch.full((len(xb),), self.target, device=device)
+                out.append(to_uint8(pgd_away(clean, xb, yb, self.eps / 255, self.steps, step) * 255).to(x.device))
+                progress.update()
         return torch.cat(out) if out else x.clone()
 
     def apply_train(self, x: Tensor, gen: torch.Generator) -> Tensor:

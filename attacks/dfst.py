@@ -32,6 +32,7 @@ authors replace clean samples).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -42,8 +43,11 @@ from attacks.base import Attack, AttackContext, to_uint8
 from attacks.clean_model import head
 from benchmark.core.archs import to_input
 from benchmark.core.augment import random_crop_flip
+from benchmark.core.progress import Progress
 from benchmark.core.training import TrainHook
 from benchmark.core.validation import bounded
+
+log = logging.getLogger(__name__)
 
 # Sunrise palette stops at tone 0, 1/3, 2/3, 1 (RGB in [0, 1]).
 SUNRISE = torch.tensor([[0.16, 0.05, 0.28], [0.78, 0.18, 0.22], [1.00, 0.58, 0.12], [1.00, 0.92, 0.60]])
@@ -227,18 +231,20 @@ class DetoxHook(TrainHook):
         injector = FeatureInjector(x.shape[1], a.window(*x.shape[-2:])).to(x.device)
         opt = torch.optim.Adam(injector.parameters(), lr=a.injector_lr, betas=(0.5, 0.9))
         target = a.target_labels(y, self.ctx.num_classes)
-        for _ in range(a.detox_epochs):
-            order = self.sample(torch.arange(len(x), device=x.device), len(x))
-            for idx in order.split(self.batch_size):
-                made = self.detoxicants(injector, x[idx])
-                logits, feats = logits_and_features(model, made)
-                loss = (
-                    F.cross_entropy(logits, target[idx])
-                    - a.w_ssim * ssim(made, x[idx])
-                    - a.w_detox * feats[:, neurons].mean()
-                )
-                grads = torch.autograd.grad(loss, list(injector.parameters()))
-                for p, g in zip(injector.parameters(), grads, strict=True):
-                    p.grad = g
-                opt.step()
+        with Progress("dfst detox injector", a.detox_epochs, logger=log) as progress:
+            for _ in range(a.detox_epochs):
+                order = self.sample(torch.arange(len(x), device=x.device), len(x))
+                for idx in order.split(self.batch_size):
+                    made = self.detoxicants(injector, x[idx])
+                    logits, feats = logits_and_features(model, made)
+                    loss = (
+                        F.cross_entropy(logits, target[idx])
+                        - a.w_ssim * ssim(made, x[idx])
+                        - a.w_detox * feats[:, neurons].mean()
+                    )
+                    grads = torch.autograd.grad(loss, list(injector.parameters()))
+                    for p, g in zip(injector.parameters(), grads, strict=True):
+                        p.grad = g
+                    opt.step()
+                progress.update(lambda loss=loss: {"loss": loss.item()})
         return injector

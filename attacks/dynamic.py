@@ -24,6 +24,7 @@ test trigger `apply` is.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -45,8 +46,11 @@ from attacks.generators import (
 )
 from benchmark.core.archs import to_input
 from benchmark.core.errors import ConfigError
+from benchmark.core.progress import Progress
 from benchmark.core.training import TrainHook, epoch_batches
 from benchmark.core.validation import bounded
+
+log = logging.getLogger(__name__)
 
 
 def step_decay(milestones: list[float], total: int, gamma: float = 0.1) -> Callable[[int], float]:
@@ -132,17 +136,19 @@ class InputAware(Attack):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, step_decay(self.mask_milestones, steps))
         gen = torch.Generator(ctx.device).manual_seed(self.init_seed)
         mask_net.train()
-        for _ in range(self.mask_epochs):
-            for x, _ in epoch_batches(data, batch, ctx.augment, gen, drop_last=True):
-                partners = x.roll(1, 0)  # the batch is shuffled: each image is paired with a random other
-                m1 = self.mask(x)
-                m2 = m1.roll(1, 0)  # the partners' masks: the same batch, so the same forward pass
-                norm = torch.relu(m1 - self.mask_density).mean()
-                loss = self.lambda_norm * norm + self.lambda_div * diversity_loss(x, partners, m1, m2)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
+        with Progress("dynamic mask generator", self.mask_epochs, logger=log) as progress:
+            for _ in range(self.mask_epochs):
+                for x, _ in epoch_batches(data, batch, ctx.augment, gen, drop_last=True):
+                    partners = x.roll(1, 0)  # the batch is shuffled: each image is paired with a random other
+                    m1 = self.mask(x)
+                    m2 = m1.roll(1, 0)  # the partners' masks: the same batch, so the same forward pass
+                    norm = torch.relu(m1 - self.mask_density).mean()
+                    loss = self.lambda_norm * norm + self.lambda_div * diversity_loss(x, partners, m1, m2)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    sched.step()
+                progress.update(lambda loss=loss: {"loss": loss.item()})
         mask_net.eval().requires_grad_(False)
 
     def train_hook(self, ctx: AttackContext) -> TrainHook:

@@ -16,6 +16,7 @@ the poisoned set (fine-tuned by default, as Poison Frogs retrains a pretrained n
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,10 @@ from attacks.base import AttackContext, to_uint8
 from attacks.clean_model import Retrained, penultimate
 from benchmark.core.archs import to_input
 from benchmark.core.errors import ConfigError
+from benchmark.core.progress import Progress
 from benchmark.core.validation import bounded
+
+log = logging.getLogger(__name__)
 
 CRAFT_BATCH = 256  # poisons crafted together: bounds memory on 224x224 images
 
@@ -62,10 +66,12 @@ class FeatureCollision(Retrained, BadNets):
         targets = self.apply(self.sources[pick])
         device = next(clean.parameters()).device
         out = []
-        for i in range(0, len(x), CRAFT_BATCH):
-            base = to_input(x[i : i + CRAFT_BATCH].to(device))
-            target = to_input(targets[i : i + CRAFT_BATCH].to(device))
-            out.append(to_uint8(self.craft(clean, base, target) * 255).to(x.device))
+        with Progress("fc crafting poisons", -(-len(x) // CRAFT_BATCH), "batch", logger=log) as progress:
+            for i in range(0, len(x), CRAFT_BATCH):
+                base = to_input(x[i : i + CRAFT_BATCH].to(device))
+                target = to_input(targets[i : i + CRAFT_BATCH].to(device))
+                out.append(to_uint8(self.craft(clean, base, target) * 255).to(x.device))
+                progress.update()
         return torch.cat(out) if out else x.clone()
 
     def craft(self, model: nn.Module, base: Tensor, target: Tensor) -> Tensor:

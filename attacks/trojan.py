@@ -15,6 +15,7 @@ harness's attacker owns the training set, so retraining uses it instead.
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -25,7 +26,10 @@ from torch.nn import functional as F
 from attacks.base import AttackContext, to_uint8
 from attacks.clean_model import Retrained, head, penultimate
 from benchmark.core.errors import ConfigError
+from benchmark.core.progress import Progress
 from benchmark.core.validation import bounded
+
+log = logging.getLogger(__name__)
 
 
 def most_connected(model: nn.Module, k: int) -> Tensor:
@@ -78,13 +82,15 @@ class Trojan(Retrained):
         raw = self.initial_patch(channels, self.side(h, w)).to(device).requires_grad_(True)
         opt = torch.optim.Adam([raw], lr=self.lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.steps))
-        for _ in range(self.steps):
-            act = self.activation(model, (raw.tanh() + 1) / 2, h, w)
-            loss = F.mse_loss(act, torch.full_like(act, self.target_value), reduction="sum")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        with Progress("trojan trigger", self.steps, "step", logger=log) as progress:
+            for _ in range(self.steps):
+                act = self.activation(model, (raw.tanh() + 1) / 2, h, w)
+                loss = F.mse_loss(act, torch.full_like(act, self.target_value), reduction="sum")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                progress.update(lambda loss=loss: {"loss": loss.item()})
         return ((raw.detach().tanh() + 1) / 2).clamp(0, 1)
 
     def trigger_state(self) -> dict[str, Tensor]:

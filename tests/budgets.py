@@ -19,6 +19,8 @@ class Budget:
     efficacy: defenses: overrides for the fast test that removes a planted backdoor (fewer iterations only).
     min_asr: attacks: the ASR the slow implant test must exceed (chance is about 0.1).
     offline: whether the data is on this machine without a download (datasets).
+    progress: attacks with a long preparation loop of their own: the start of the progress line it must log
+    (benchmark.core.progress), so that a cluster log shows it working rather than hanging.
     """
 
     speed: Literal["fast", "slow"] = "fast"
@@ -26,6 +28,7 @@ class Budget:
     efficacy: tuple[str, ...] = ()
     min_asr: float | None = None
     offline: bool = True
+    progress: str = ""
 
 
 BUDGETS: dict[str, dict[str, Budget]] = {
@@ -35,13 +38,19 @@ BUDGETS: dict[str, dict[str, Budget]] = {
         "sig": Budget(min_asr=0.9),
         "wanet": Budget(min_asr=0.8),  # its subtle warp needs 10 epochs on the embedded data
         "ablend": Budget(min_asr=0.7),  # 5% payload + 5% cover: the paper's 0.3% would poison 12 of 4,000 images
-        "trojan": Budget(min_asr=0.8),  # retrains a clean model: needs the quickstart's data to implant
-        "cl": Budget(min_asr=0.5),
-        "fc": Budget(min_asr=0.3),
+        "trojan": Budget(
+            min_asr=0.8, progress="trojan trigger: step"
+        ),  # retrains a clean model: needs the quickstart's data to implant
+        "cl": Budget(min_asr=0.5, progress="cl adversarial poisons: batch"),
+        "fc": Budget(min_asr=0.3, progress="fc crafting poisons: batch"),
         "awp": Budget(min_asr=0.7),
-        "dynamic": Budget(min_asr=0.7),  # trains a trigger generator with the classifier (6 s as a debug cell)
+        "dynamic": Budget(
+            min_asr=0.7, progress="dynamic mask generator: epoch"
+        ),  # trains a trigger generator with the classifier (6 s as a debug cell)
         "lira": Budget(min_asr=0.7),  # alternates generator and classifier updates
-        "dfst": Budget(min_asr=0.7),  # trains its style generator first
+        "dfst": Budget(
+            min_asr=0.7, shrink=("train.epochs=2",), progress="dfst detox injector: epoch"
+        ),  # epochs 2: one detox round
         "none": Budget(),  # the clean model: nothing to implant (tests/test_clean_baseline.py)
     },
     "defense": {

@@ -6,6 +6,7 @@ tested elsewhere at its shrunk efficacy budget.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -44,9 +45,14 @@ def _run_debug_cell(overrides: list[str], run_dir: Path) -> dict:
 
 
 @pytest.mark.parametrize("option,shrink", _smoke("attack"))
-def test_every_attack_runs_as_a_debug_cell(option: str, shrink: tuple[str, ...], tmp_home: Path) -> None:
+def test_every_attack_runs_as_a_debug_cell(
+    option: str, shrink: tuple[str, ...], tmp_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
     result = _run_debug_cell([f"attack={option}", "defense=none", *shrink], tmp_home / "run")
     assert result["cell"]["attack"] == option and result["model_source"] == "trained"
+    wanted = BUDGETS["attack"][option].progress
+    assert not wanted or any(r.getMessage().startswith(wanted) for r in caplog.records), f"no '{wanted}' line"
 
 
 @pytest.mark.parametrize("option,shrink", _smoke("defense"))

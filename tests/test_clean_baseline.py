@@ -22,10 +22,11 @@ from benchmark.report.table import Stat
 from benchmark.report.write import write_report
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
-from benchmark.run.model import clean_model_path, model_cache_path
+from benchmark.run.model import clean_model_path, model_cache_path, new_model
 from benchmark.run.natural import compose_attack
 from benchmark.run.record import result_problems
 from benchmark.run.runtime import setup_runtime
+from benchmark.weights.checkpoint import weights_digest
 from tests.conftest import compose_cfg, group_options
 
 # --- intervals ---------------------------------------------------------------------------------------------
@@ -51,6 +52,15 @@ def test_interval_of_three_seeds_by_hand() -> None:
     assert s.pct_interval() == "90.0 [85.0, 95.0]"
     one = Stat.of([0.5])
     assert one is not None and one.interval is None and one.pct_interval() == "50.0"
+
+
+def test_an_interval_of_rates_is_shown_within_0_and_100_percent() -> None:
+    asr = Stat.of([0.0, 0.0, 0.169])  # the quickstart's ASR after RNP, seeds 0-2: the t interval dips below 0
+    assert asr is not None and asr.interval is not None and asr.interval.lo < 0
+    assert asr.pct_interval() == f"5.6 [0.0, {100 * asr.interval.hi:.1f}]"
+    ca = Stat.of([0.99, 1.0, 0.97])
+    assert ca is not None and ca.interval is not None and ca.interval.hi > 1
+    assert ca.interval.pct().endswith(", 100.0]")
 
 
 def test_paired_difference_uses_only_shared_seeds() -> None:
@@ -96,6 +106,21 @@ def _cell(overrides: list[str], run_dir: Path) -> dict[str, Any]:
     result = run_cell(cfg, run_dir, setup_runtime(rc.seed, rc.device, rc.threads, rc.precision))
     assert result_problems(result) == []
     return result
+
+
+def test_a_retrained_model_has_the_same_weights_digest_but_not_the_same_file_hash(tmp_home: Path) -> None:
+    """weights_sha256 identifies the weights (reproducible run to run); model_sha256 the cache file (with its meta)."""
+    first = _cell(["attack=badnets", "defense=none", "paths.cache=" + str(tmp_home / "cache1")], tmp_home / "a")
+    again = _cell(["attack=badnets", "defense=none", "paths.cache=" + str(tmp_home / "cache2")], tmp_home / "b")
+    assert first["model_source"] == again["model_source"] == "trained"
+    assert first["weights_sha256"].startswith("sha256:") and first["weights_sha256"] == again["weights_sha256"]
+    (entry,) = (tmp_home / "cache1").glob("*.pt")
+    state = torch.load(entry, map_location="cpu", weights_only=True)["state_dict"]
+    net = new_model(build_run_config(compose_cfg(["debug=default", "attack=badnets"])), torch.device("cpu"))
+    net.load_state_dict(state)
+    assert weights_digest(net) == first["weights_sha256"]  # the digest of the cached file's weights
+    net.state_dict()[next(iter(state))].view(-1)[0] += 1e-3
+    assert weights_digest(net) != first["weights_sha256"]
 
 
 def test_clean_cell_records_natural_asr_and_shares_the_clean_model_cache(tmp_home: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from benchmark.run.sweep import missing_options
+from benchmark.run.grid import missing_options
 from tests.conftest import CONF, compose_cfg, group_options
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -89,3 +89,18 @@ def test_bf16_trained_models_are_cached_apart_from_fp32_ones() -> None:
         paths[choice] = (model_cache_path(parts, root, cpu), clean_model_path(parts, root, cpu))
     assert paths["auto"] == paths["fp32"]
     assert paths["bf16"][0] != paths["fp32"][0] and paths["bf16"][1] != paths["fp32"][1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "native"),
+    [
+        ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4 EPYC (measured 1.6x fp32 training)
+        ("fpu avx512f amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
+        ("fpu sse2 avx2 avx512f avx512_vnni", False),  # AVX-512 without bf16: emulated
+        ("fpu sse2 avx2 fma", False),
+    ],
+)
+def test_native_bf16_is_read_from_amx_or_avx512_bf16_flags(flags: str, native: bool) -> None:
+    from benchmark.core.precision import has_bf16_flag
+
+    assert has_bf16_flag(flags) is native

@@ -212,7 +212,7 @@ def test_pruning_plot_starts_at_the_unpruned_model(sweep: Path) -> None:
     from benchmark.report import plots
 
     groups = group_cells(collect(sweep))
-    g = groups[("cifar10", "resnet18")]
+    g = groups[("cifar10", "resnet18", "")]
     base = {m: g.stat("badnets", BASELINE, m) for m, _ in plots.CURVE_METRICS}
     fig = plots.pruning_figure("t", plots.threshold_curves(g, "badnets"), base)
     try:
@@ -266,3 +266,42 @@ def test_dir_without_cells_is_an_error_and_nothing_is_written(tmp_path: Path, ca
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no result.json or failed.json under" in err and str(tmp_path / "sweep") in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_cells_whose_configs_differ_are_reported_apart_not_as_seeds(tmp_path: Path) -> None:
+    """Two poison rates of one (attack, defense) are two experiments: never averaged as if they were seeds."""
+    root = tmp_path / "rates"
+    for rate, ca in ((0.05, 0.80), (0.10, 0.60)):
+        for seed in (0, 1):
+            result = fake_result("badnets", "rnp", seed, ca, 0.0)
+            result["config"] = {"seed": seed, "attack": {"poison_rate": rate}, "paths": {"cache": f"/tmp/{seed}"}}
+            if seed == 1:  # a key newer code added (only some cells have it) is not a difference
+                result["config"]["train"] = {"eval_every": 1}
+            atomic_write_json(root / f"r{rate}/cifar10/resnet18/badnets/rnp/seed{seed}/result.json", result)
+    cells = collect(root)
+    assert {c.row["setting"] for c in cells} == {"attack.poison_rate=0.05", "attack.poison_rate=0.1"}
+    groups = group_cells(cells)
+    assert sorted(groups) == [
+        ("cifar10", "resnet18", "attack.poison_rate=0.05"),
+        ("cifar10", "resnet18", "attack.poison_rate=0.1"),
+    ]
+    for (_, _, setting), g in groups.items():
+        stat = g.stat("badnets", "rnp", "clean_acc")
+        assert stat is not None and stat.n == 2
+        assert stat.mean == pytest.approx(0.80 if setting.endswith("0.05") else 0.60)
+    write_report(root, plots=False)
+    md = (root / "results.md").read_text()
+    assert (
+        "## cifar10 / resnet18 (attack.poison_rate=0.05)" in md
+        and "## cifar10 / resnet18 (attack.poison_rate=0.1)" in md
+    )
+    rows = list(csv.DictReader((root / "results.csv").open()))
+    assert sorted(r["setting"] for r in rows) == ["attack.poison_rate=0.05"] * 2 + ["attack.poison_rate=0.1"] * 2
+    summary = list(csv.DictReader((root / "summary.csv").open()))
+    assert {r["setting"] for r in summary} == {"attack.poison_rate=0.05", "attack.poison_rate=0.1"}
+
+
+def test_a_uniform_sweep_has_no_setting_column(sweep: Path) -> None:
+    write_report(sweep, plots=False)
+    header = (sweep / "results.csv").read_text().splitlines()[0].split(",")
+    assert "setting" not in header and "## cifar10 / resnet18\n" in (sweep / "results.md").read_text()

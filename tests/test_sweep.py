@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from benchmark.report.write import ReportCallback, write_report
-from benchmark.run.sweep import claimed_device, config_changes, missing_options, resume_check, run_sweep_cell
+from benchmark.run.grid import missing_options, spelt_in, swept_settings
+from benchmark.run.sweep import claimed_device, config_changes, resume_check, run_sweep_cell
 from benchmark.weights.model_cache import load_or_train
 from tests.conftest import CONF, FAST, compose_cfg, group_options
 from tests.test_cli import run_cli
@@ -230,6 +231,52 @@ def test_parallel_jobs_each_hold_their_own_gpu(tmp_path: Path, monkeypatch: pyte
         assert single == "auto"  # one GPU (e.g. a SLURM task's own): nothing to share
 
 
+def test_a_swept_setting_gets_its_own_directory_level_and_resumes(tmp_path: Path) -> None:
+    """A grid over a setting that is not a cell coordinate: one directory per value, not one overwritten cell."""
+    sweep = tmp_path / "rates"
+    args = ["-m", *TINY, "attack=badnets", "defense=none", "attack.poison_rate=0.05,0.2", f"hydra.sweep.dir={sweep}"]
+    proc = run_cli(args, tmp_path, MPLCONFIGDIR=str(tmp_path / "mpl"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    paths = {
+        r: sweep / f"attack.poison_rate={r}" / "embedded/convnet/badnets/none/seed0/result.json"
+        for r in ("0.05", "0.2")
+    }
+    for rate, path in paths.items():
+        assert json.loads(path.read_text())["config"]["attack"]["poison_rate"] == float(rate)
+    assert not list(sweep.rglob("result.stale.json"))
+    rows = list(csv.DictReader((sweep / "results.csv").open()))
+    assert sorted(r["setting"] for r in rows) == ["attack.poison_rate=0.05", "attack.poison_rate=0.2"]
+    before = {r: p.stat().st_mtime_ns for r, p in paths.items()}
+    proc = run_cli(args, tmp_path, MPLCONFIGDIR=str(tmp_path / "mpl"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("resume: skipping") == 2
+    assert {r: p.stat().st_mtime_ns for r, p in paths.items()} == before
+
+
+@pytest.mark.parametrize(
+    ("pattern", "key", "spelt"),
+    [
+        ("${hydra:runtime.choices.arch}_w${arch.kwargs.width}/n${dataset.train_limit}", "arch.kwargs.width", True),
+        ("${oc.select:arch.kwargs.stem_stride,1}/seed${seed}", "arch.kwargs.stem_stride", True),
+        ("${hydra:runtime.choices.train}/seed${seed}", "train", True),
+        ("n${dataset.train_limit}_e${train.epochs}", "train", False),  # train.epochs is not the train group
+        ("n${dataset.train_limit}", "train_limit", False),
+        ("${hydra:runtime.choices.dataset}/seed${seed}", "attack.poison_rate", False),
+    ],
+)
+def test_a_subdir_pattern_that_spells_a_key_gets_no_extra_level(pattern: str, key: str, spelt: bool) -> None:
+    assert spelt_in(pattern, key) is spelt
+
+
+def test_only_swept_settings_that_are_not_coordinates_get_a_level() -> None:
+    task = ["attack=badnets,blend", "seed=0,1", "train.epochs=2,6", "threads=1,2", "paths.cache=/a,/b"]
+    task += ["defense=rnp", "hydra/launcher=parallel", "train=quick,cifar", "attack.poison_rate=0.1"]
+    config = OmegaConf.create(
+        {"hydra": {"overrides": {"task": task}, "sweeper": {"params": {"dataset.train_limit": "100,200"}}}}
+    )
+    assert swept_settings(config) == ["dataset.train_limit", "train.epochs", "train"]
+
+
 def test_grid_check_names_missing_options_before_the_sweep_starts() -> None:
     config = OmegaConf.create(
         {
@@ -275,11 +322,15 @@ def test_parallel_launchers_run_a_grid_and_share_one_model(launcher: str, tmp_pa
     )
     sweep = tmp_path / "sweep"
     args = ["-m", *TINY, f"hydra/launcher={launcher}", "attack=badnets", "defense=none,clp", "seed=3"]
+    args += ["attack.poison_rate=0.1,0.2"]  # a swept setting: each value's cells get their own level, in workers too
     proc = run_cli([*args, f"hydra.sweep.dir={sweep}"], tmp_path, MPLCONFIGDIR=str(tmp_path / "mpl"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    sources = sorted(
-        json.loads((cell_dir(sweep, "badnets", d, 3) / "result.json").read_text())["model_source"]
-        for d in ("none", "clp")
-    )
-    assert sources == ["cache", "trained"]  # run at once or not, one job trained the model, the other loaded it
+    for rate in ("0.1", "0.2"):
+        sources = sorted(
+            json.loads((cell_dir(sweep / f"attack.poison_rate={rate}", "badnets", d, 3) / "result.json").read_text())[
+                "model_source"
+            ]
+            for d in ("none", "clp")
+        )
+        assert sources == ["cache", "trained"]  # run at once or not, one job trained the model, the other loaded it
     assert (sweep / "results.md").exists()

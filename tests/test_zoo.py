@@ -235,6 +235,7 @@ def test_exported_model_served_from_a_lab_zoo_runs_end_to_end(tmp_home, server, 
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     result = json.loads((run_dir / "result.json").read_text())
     assert result["model_source"] == "zoo" and result["model_sha256"] == entry["sha256"]
+    assert result["weights_sha256"].startswith("sha256:")
     before = {k: round(v, 6) for k, v in result["before"].items()}
     assert before == entry["reported"], (before, entry["reported"])
     assert result["defense_info"]["curve"] and set(result["after"]) == {"clean_acc", "asr", "robust_acc"}

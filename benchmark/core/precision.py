@@ -3,9 +3,9 @@
 Chosen once by the entry point from the config (`precision`) and passed to each loop as a `Precision`:
 - `auto` (default): bf16 autocast on CUDA, plain fp32 on the CPU (where bf16 is slower on most machines);
 - `fp32`: no autocast anywhere;
-- `bf16`: bf16 autocast on the CPU too. It pays off only on CPUs with bf16 matrix units (Intel AMX; the
-  measured speed-ups are in the README's Performance section). Elsewhere it is emulated and slower, so
-  asking for it there logs a warning.
+- `bf16`: bf16 autocast on the CPU too. It pays off only on CPUs that multiply bf16 natively: Intel AMX, or
+  AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake); the measured speed-ups are in the README's
+  Performance section. Elsewhere it is emulated and slower, so asking for it there logs a warning.
 Results record the precision a cell ran in (`runtime` in result.json).
 """
 
@@ -74,17 +74,29 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+"""/proc/cpuinfo flags of native bf16 dot products (oneDNN uses either: 1.6x fp32's training speed measured
+on a Zen 4 EPYC with avx512_bf16, 1.6-3.6x on a Xeon with AMX)."""
+
+
+def has_bf16_flag(flags_line: str) -> bool:
+    """Whether a /proc/cpuinfo `flags` line names a native bf16 unit."""
+    return not BF16_FLAGS.isdisjoint(flags_line.split())
+
+
 @functools.cache
 def cpu_has_bf16_units() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (Intel AMX), read from /proc/cpuinfo (Linux)."""
+    """Whether this CPU multiplies bf16 natively (AMX or AVX-512 BF16), read from /proc/cpuinfo (Linux)."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("flags"):
-                return "amx_bf16" in line.split()
+                return has_bf16_flag(line)
     return False
 
 
 def warn_if_slow(precision: Precision, device: torch.device) -> None:
     """bf16 on a CPU without bf16 units is emulated: say so once, at start."""
     if precision.name == "bf16" and device.type == "cpu" and not cpu_has_bf16_units():
-        log.warning("precision=bf16 on a CPU without AMX bf16 units: emulated, likely slower than fp32 here")
+        log.warning(
+            "precision=bf16 on a CPU without native bf16 units (AMX or AVX-512 BF16): emulated, likely slower than fp32"
+        )

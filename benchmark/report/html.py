@@ -25,6 +25,7 @@ from benchmark.report.table import (
     Stat,
     best_defense,
     file_safe,
+    key_title,
     no_best_reason,
     signed_points,
 )
@@ -107,7 +108,7 @@ def group_section(
     index: int, key: Key, g: Group, max_ca_drop: float, images: dict[str, str], entries: Sequence[Entry] = ()
 ) -> str:
     """One (dataset, arch): clean acc, ASR, DER (ΔCA) and seconds pivots, notes on missing bests, plots."""
-    dataset, arch = key
+    dataset, arch, _ = key
     seeds = len({c.row["seed"] for cells in g.ok.values() for c in cells})
     n_ok, n_bad = sum(map(len, g.ok.values())), sum(map(len, g.bad.values()))
     columns = [BASELINE, *g.defenses()]
@@ -149,7 +150,7 @@ def group_section(
     gid = f"g{index}"
     parts = [
         f'<section class="group" data-f{_attrs(dataset=dataset, arch=arch)}>',
-        f"<h2>{esc(dataset)} / {esc(arch)}</h2>",
+        f"<h2>{esc(key_title(key))}</h2>",
         f"<p>{n_ok} cells ok, {n_bad} failed, {seeds} seed(s). Values in %, mean ± std over seeds.</p>",
         "<h3>Clean accuracy (%)</h3>",
         _pivot(f"{gid}-ca", g, columns, metric("clean_acc"), BASELINE),
@@ -202,11 +203,14 @@ def _cell_td(kind: str, value: Any) -> str:
 
 
 def cells_table(cells: Sequence[Cell]) -> str:
-    """Every cell, one row: coordinates, status, metrics, seconds."""
-    header = [(k, label, {}) for k, label, _ in CELL_COLUMNS]
+    """Every cell, one row: coordinates (and the setting, when the cells' configs differ), status, metrics, seconds."""
+    shown = CELL_COLUMNS
+    if any(c.row.get("setting") for c in cells):
+        shown = (*CELL_COLUMNS[:5], ("setting", "setting", "text"), *CELL_COLUMNS[5:])
+    header = [(k, label, {}) for k, label, _ in shown]
     rows = []
     for c in cells:
-        tds = "".join(_cell_td(kind, c.row.get(k)) for k, _, kind in CELL_COLUMNS)
+        tds = "".join(_cell_td(kind, c.row.get(k)) for k, _, kind in shown)
         rows.append(f"<tr data-f data-text{_coords(c)}>{tds}</tr>")
     return _table("cells", header, rows)
 

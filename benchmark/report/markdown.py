@@ -15,6 +15,7 @@ from benchmark.report.table import (
     Group,
     Key,
     best_defense,
+    key_title,
     no_best_reason,
     signed_points,
 )
@@ -58,11 +59,10 @@ def section_markdown(s: Section) -> list[str]:
 def group_markdown(
     key: Key, g: Group, max_ca_drop: float, plots: Sequence[str], entries: Sequence[Entry] = ()
 ) -> list[str]:
-    dataset, arch = key
     seeds = len({c.row["seed"] for cells in g.ok.values() for c in cells})
     n_ok = sum(map(len, g.ok.values()))
     n_bad = sum(map(len, g.bad.values()))
-    lines = [f"## {dataset} / {arch}", "", f"{n_ok} cells ok, {n_bad} failed, {seeds} seed(s).", ""]
+    lines = [f"## {key_title(key)}", "", f"{n_ok} cells ok, {n_bad} failed, {seeds} seed(s).", ""]
     columns = [BASELINE, *g.defenses()]
 
     def ca_asr(attack: str, defense: str) -> str:

@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # files only: no display on a cluster node
 import matplotlib.pyplot as plt
 
 from benchmark.core.io import atomic_write_bytes
-from benchmark.report.table import BASELINE, CLEAN, Group, Stat, file_safe
+from benchmark.report.table import BASELINE, CLEAN, Group, Key, Stat, file_safe, key_names, key_title
 
 CURVE_METRICS = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"), ("robust_acc", "robust accuracy"))
 
@@ -202,22 +202,20 @@ def clean_cost(path: Path, title: str, g: Group) -> Path | None:
     return _save(fig, path)
 
 
-def group_plots(out_dir: Path, key: tuple[str, str], g: Group) -> list[Path]:
-    """All plots of one (dataset, arch) into `out_dir`; returns their paths."""
+def group_plots(out_dir: Path, key: Key, g: Group) -> list[Path]:
+    """All plots of one (dataset, arch, setting) into `out_dir`; returns their paths."""
     if not g.ok:  # only failed cells: nothing to draw
         return []
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset, arch = key
-    paths = [clean_vs_asr(out_dir / f"clean_vs_asr_{file_safe(dataset, arch)}.png", f"{dataset} / {arch}", g)]
+    names, title = key_names(key), key_title(key)
+    paths = [clean_vs_asr(out_dir / f"clean_vs_asr_{file_safe(*names)}.png", title, g)]
     if g.has_clean():
-        cost = clean_cost(
-            out_dir / f"clean_model_{file_safe(dataset, arch)}.png", f"{dataset} / {arch}: no backdoor", g
-        )
+        cost = clean_cost(out_dir / f"clean_model_{file_safe(*names)}.png", f"{title}: no backdoor", g)
         paths += [cost] if cost else []
     for attack in g.attacks():
         per_defense = threshold_curves(g, attack)
         if per_defense:
-            path = out_dir / f"pruning_{file_safe(dataset, arch, attack)}.png"
+            path = out_dir / f"pruning_{file_safe(*names, attack)}.png"
             base = {m: g.stat(attack, BASELINE, m) for m, _ in CURVE_METRICS}
-            paths.append(pruning_curves(path, f"{attack} on {dataset} / {arch}: pruning curves", per_defense, base))
+            paths.append(pruning_curves(path, f"{attack} on {title}: pruning curves", per_defense, base))
     return paths

@@ -61,7 +61,9 @@ class Interval:
     hi: float
 
     def pct(self) -> str:
-        return f"[{100 * self.lo:.1f}, {100 * self.hi:.1f}]"
+        """A fraction's interval in percent, shown within [0, 100]: near 0 or 1 the t interval's normal spread
+        reaches past the bounds a rate cannot cross (summary.csv keeps the unclipped values)."""
+        return f"[{100 * max(0.0, self.lo):.1f}, {100 * min(1.0, self.hi):.1f}]"
 
 
 def t_interval(xs: Sequence[float]) -> Interval | None:

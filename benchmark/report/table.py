@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.report.stats import Interval, Paired, t_interval
-from benchmark.run.record import CELL_KEYS, METRIC_KEYS, result_problems
+from benchmark.run.record import CELL_KEYS, METRIC_KEYS, comparable, flatten, result_problems
 
 CLEAN = "none"  # the attack option of the clean model (attacks/none.py): its own section, not a pivot row
 BASELINE = "no defense"  # the column built from every cell's `before` metrics (the backdoored model itself)
@@ -79,7 +79,8 @@ def read_cell(root: Path, path: Path) -> Cell:
     row = _base_row(root, path, obj.get("cell") if isinstance(obj, dict) else None)
     if path.name == "failed.json":
         error = obj.get("error", "unknown error") if isinstance(obj, dict) else "unreadable failed.json"
-        return Cell({**row, "status": "failed", "error": str(error)})
+        config = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
+        return Cell({**row, "status": "failed", "error": str(error)}, config=config)
     problems = result_problems(obj)
     if problems:
         return Cell({**row, "status": "invalid", "error": "; ".join(problems)})
@@ -130,18 +131,51 @@ def _number(value: Any) -> float | None:
 
 
 def collect(root: Path) -> list[Cell]:
-    """Every cell under `root`, sorted by its coordinates."""
+    """Every cell under `root` with its `setting`, sorted by its coordinates."""
     cells = [read_cell(root, p) for p in _cell_files(root)]
+    assign_settings(cells)
     return sorted(cells, key=_order)
 
 
 def _order(c: Cell) -> tuple:
     seed = c.row.get("seed")
-    return (*(str(c.row.get(k)) for k in CELL_KEYS[:4]), seed if isinstance(seed, int) else -1)
+    coords = (str(c.row.get(k)) for k in CELL_KEYS[:4])
+    return (*coords, str(c.row.get("setting", "")), seed if isinstance(seed, int) else -1)
+
+
+def _flat_config(c: Cell) -> dict[str, str]:
+    """A cell's config as dotted keys -> JSON text, without the seed and the settings resume ignores."""
+    flat = flatten(comparable(c.config))
+    return {k: json.dumps(v, sort_keys=True) for k, v in flat.items() if k != "seed"}
+
+
+def setting_keys(cells: Sequence[Cell]) -> list[str]:
+    """Config keys whose values differ between cells of one (dataset, arch, attack, defense), seeds aside.
+
+    Such cells are different experiments (a poison rate, a number of epochs), not seeds of one: the report
+    must not average them. Keys only some cells have (a setting newer code added) are not differences.
+    """
+    by_coords: dict[tuple, list[dict[str, str]]] = defaultdict(list)
+    for c in cells:
+        if c.config:
+            by_coords[tuple(str(c.row.get(k)) for k in CELL_KEYS[:4])].append(_flat_config(c))
+    keys: set[str] = set()
+    for flats in by_coords.values():
+        common = set.intersection(*(set(f) for f in flats))
+        keys |= {k for k in common if len({f[k] for f in flats}) > 1}
+    return sorted(keys)
+
+
+def assign_settings(cells: Sequence[Cell]) -> None:
+    """Set each cell's row `setting`: the values of the `setting_keys` it has (`attack.poison_rate=0.05`)."""
+    keys = setting_keys(cells)
+    for c in cells:
+        flat = _flat_config(c) if c.config else {}
+        c.row["setting"] = ", ".join(f"{k}={flat[k].strip(chr(34))}" for k in keys if k in flat)
 
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    head = [*CELL_KEYS, "status", "model_source"]
+    head = [*CELL_KEYS, *(["setting"] if any(r.get("setting") for r in rows) else []), "status", "model_source"]
     metrics = [f"{p}_{k}" for p in ("before", "after") for k in METRIC_KEYS] + ["der", "ca_change"]
     seen = {k for r in rows for k in r}
     phases = [f"seconds_{p}" for p in (*PHASES, "cell")] + sorted(
@@ -199,7 +233,18 @@ def signed_points(fraction: float) -> str:
     return f"{100 * fraction:+.1f}".replace("-", "−")
 
 
-Key = tuple[str, str]  # (dataset, arch)
+Key = tuple[str, str, str]  # (dataset, arch, setting): setting "" unless the cells' configs differ (setting_keys)
+
+
+def key_title(key: Key) -> str:
+    """`dataset / arch`, and the setting when there is one: the heading of a group."""
+    dataset, arch, setting = key
+    return f"{dataset} / {arch}" + (f" ({setting})" if setting else "")
+
+
+def key_names(key: Key) -> tuple[str, ...]:
+    """The key's parts for a file name (`file_safe`), without an empty setting."""
+    return tuple(k for k in key if k)
 
 
 def file_safe(*names: str) -> str:
@@ -297,7 +342,7 @@ class Group:
 def group_cells(cells: Iterable[Cell]) -> dict[Key, Group]:
     groups: dict[Key, Group] = defaultdict(Group)
     for c in cells:
-        key = (str(c.row["dataset"]), str(c.row["arch"]))
+        key = (str(c.row["dataset"]), str(c.row["arch"]), str(c.row.get("setting", "")))
         (groups[key].ok if c.ok else groups[key].bad)[(str(c.row["attack"]), str(c.row["defense"]))].append(c)
     return dict(sorted(groups.items()))
 
@@ -345,10 +390,11 @@ def no_best_reason(group: Group, attack: str, max_ca_drop: float) -> str | None:
 def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
     """One row per (dataset, arch, attack, defense) incl. the baseline: n, failures, mean/std of each metric."""
     rows = []
-    for (dataset, arch), g in groups.items():
+    for (dataset, arch, setting), g in groups.items():
         for attack in g.attacks(clean=True):
             for defense in [BASELINE, *g.defenses()]:
                 row: dict[str, Any] = {"dataset": dataset, "arch": arch, "attack": attack, "defense": defense}
+                row.update({"setting": setting} if setting else {})
                 row["failed"] = 0 if defense == BASELINE else len(g.bad.get((attack, defense), []))
                 metrics = [*METRIC_KEYS] + (
                     ["backdoor_seconds"]

@@ -25,6 +25,7 @@ from benchmark.core.evaluate import evaluate
 from benchmark.core.training import RUNTIME_FIELDS, train_classifier
 from benchmark.run.config import RunConfig
 from benchmark.run.runtime import runtime_info
+from benchmark.weights.checkpoint import weights_digest
 from benchmark.weights.model_cache import TrainOutcome, cache_key, load_or_train, recorded_sha256
 from benchmark.weights.zoo import model_from_zoo
 
@@ -211,7 +212,7 @@ def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> tuple[n
     """
     zoo = model_from_zoo(rc.model, rc.key.model_key(), zoo_settings(rc), rc.attack, lambda: new_model(rc, device))
     if zoo is not None:
-        return zoo.model.to(device), "zoo", zoo.meta
+        return zoo.model.to(device), "zoo", {**zoo.meta, "weights_sha256": weights_digest(zoo.model)}
     if isinstance(rc.attack, NoAttack):  # the clean model: one cache entry with the clean-model attacks' start
         path, train, meta = (
             clean_model_path(rc, Path(rc.paths.cache), device),
@@ -224,4 +225,4 @@ def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> tuple[n
     model, source, meta, trigger = load_or_train(path, new_model(rc, device), train, meta)
     if source == "cache":
         rc.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
-    return model.to(device), source, {**meta, "sha256": recorded_sha256(path)}
+    return model.to(device), source, {**meta, "sha256": recorded_sha256(path), "weights_sha256": weights_digest(model)}

@@ -79,6 +79,7 @@ def assemble_result(
         "cell": cell,
         "model_source": source,
         "model_sha256": meta.get("sha256"),
+        "weights_sha256": meta.get("weights_sha256"),
         "before": before.as_dict(),
         "after": after.as_dict(),
         "der": der(before, after),
@@ -155,3 +156,47 @@ def result_problems(result: Any) -> list[str]:
     if "config" in result and not isinstance(result["config"], dict):
         problems.append("config is not an object")
     return problems
+
+
+# Settings that do not change what a cell computes: a rerun that differs only in these still resumes.
+IGNORED_KEYS = (
+    "paths",
+    "threads",
+    "logger",
+    "sweep_name",
+    "resume",
+    "model.zoo_dir",
+    "model.timeout_s",
+    "model.deadline_s",
+    "model.min_rate_kb_s",
+    "model.retries",
+)
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """`config` as result.json stores it (JSON round trip, NaN as null), minus the IGNORED_KEYS."""
+    out = json.loads(json.dumps(clean_floats(config), default=str))
+    for dotted in IGNORED_KEYS:
+        *parents, leaf = dotted.split(".")
+        node = out
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return out
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        return {k: v for key, val in obj.items() for k, v in flatten(val, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: obj}
+
+
+def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys of the stored config whose value differs now, or that are gone (after `comparable`).
+
+    Keys the config gained since the cell ran are not changes: a new setting arrives with a default that
+    keeps the old behaviour (e.g. train.eval_every), and resume compares configs, not code.
+    """
+    a, b = flatten(comparable(stored)), flatten(comparable(current))
+    return sorted(k for k in a if a[k] != b.get(k, "<absent>"))

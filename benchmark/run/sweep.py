@@ -1,6 +1,7 @@
 """One cell of a sweep (`python -m benchmark -m ...`): resume, failure record, one GPU per parallel job.
 
-A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<arch>/<attack>/<defense>/seed<N>/`:
+A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<arch>/<attack>/<defense>/seed<N>/`
+(other swept settings lead the path: benchmark.run.grid):
 - resume: a cell whose `result.json` is complete (schema-valid) and was made from the same config is
   skipped, so rerunning a sweep runs only what is missing, failed, was killed, or changed;
 - a cell that fails writes `failed.json` (error and traceback) instead of stopping the sweep; the report
@@ -14,13 +15,11 @@ A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<ar
 from __future__ import annotations
 
 import contextlib
-import importlib.resources
 import json
 import logging
 import os
 import re
 import socket
-import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -29,60 +28,16 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
-from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.core.io import atomic_write_json
-from benchmark.run.record import SCHEMA, clean_floats, result_problems, versions
-from benchmark.run.runtime import CONF_DIR, check_settings, runtime_from_config
+from benchmark.run.record import SCHEMA, clean_floats, config_changes, result_problems, versions
+from benchmark.run.runtime import check_settings, runtime_from_config
 
 log = logging.getLogger("benchmark")
 
 RESULT, FAILED, STALE = "result.json", "failed.json", "result.stale.json"
-
-# Settings that do not change what a cell computes: a rerun that differs only in these still resumes.
-IGNORED_KEYS = (
-    "paths",
-    "threads",
-    "logger",
-    "sweep_name",
-    "resume",
-    "model.zoo_dir",
-    "model.timeout_s",
-    "model.deadline_s",
-    "model.min_rate_kb_s",
-    "model.retries",
-)
-
-
-def comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """`config` as result.json stores it (JSON round trip, NaN as null), minus the IGNORED_KEYS."""
-    out = json.loads(json.dumps(clean_floats(config), default=str))
-    for dotted in IGNORED_KEYS:
-        *parents, leaf = dotted.split(".")
-        node = out
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(leaf, None)
-    return out
-
-
-def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(obj, dict):
-        return {k: v for key, val in obj.items() for k, v in _flatten(val, f"{prefix}{key}.").items()}
-    return {prefix[:-1]: obj}
-
-
-def config_changes(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys of the stored config whose value differs now, or that are gone (after `comparable`).
-
-    Keys the config gained since the cell ran are not changes: a new setting arrives with a default that
-    keeps the old behaviour (e.g. train.eval_every), and resume compares configs, not code.
-    """
-    a, b = _flatten(comparable(stored)), _flatten(comparable(current))
-    return sorted(k for k in a if a[k] != b.get(k, "<absent>"))
 
 
 def resume_check(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
@@ -255,61 +210,3 @@ def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Pa
         path = record_failure(run_dir, cfg, exc, time.perf_counter() - start)
         log.error("wrote %s; the sweep goes on", path)
         return "failed"
-
-
-def grid_values(config: DictConfig) -> dict[str, list[str]]:
-    """Per key, every value the sweep will use: `hydra.sweeper.params` updated by the command line."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
-    lines = [f"{k}={v}" for k, v in params.items()]
-    lines += list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
-    out: dict[str, list[str]] = {}
-    for o in OverridesParser.create().parse_overrides(lines):
-        if o.is_delete() or o.is_add() or o.is_force_add():
-            continue
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        out[o.key_or_group] = values  # a later (command-line) entry replaces the preset's list
-    return out
-
-
-def search_dirs(config: DictConfig) -> list[Path]:
-    """The config folders a user added with `hydra.searchpath=[file:///lab/conf]` (lab presets)."""
-    dirs = []
-    for entry in OmegaConf.select(config, "hydra.searchpath", default=None) or []:
-        if str(entry).startswith("file://"):
-            dirs.append(Path(str(entry)[len("file://") :]))
-        elif str(entry).startswith("pkg://"):
-            with contextlib.suppress(ImportError, TypeError):
-                dirs.append(Path(str(importlib.resources.files(str(entry)[len("pkg://") :].replace("/", ".")))))
-    return dirs
-
-
-def missing_options(config: DictConfig, conf_dir: Path) -> list[str]:
-    """`group=option` entries of the grid with no <group>/<option>.yaml in conf/ or a folder the user added
-    to the search path, as messages naming the choices."""
-    problems = []
-    dirs = [Path(conf_dir), *search_dirs(config)]
-    for key, values in grid_values(config).items():
-        groups = [d / key for d in dirs if (d / key).is_dir()]
-        if "/" in key or not groups:
-            continue
-        choices = sorted({p.stem for group in groups for p in group.glob("*.yaml")})
-        missing = [v for v in values if v not in choices and v != "null"]
-        if missing:
-            problems.append(f"{key}={','.join(missing)} not in conf/{key}/; choose from {', '.join(choices)}")
-    return problems
-
-
-class GridCheck(Callback):
-    """Hydra callback: before a sweep starts, check that every option it names exists.
-
-    Hydra composes each cell only when it launches it, so a missing option would stop the sweep halfway.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        problems = missing_options(config, Path(CONF_DIR))
-        if problems:
-            for p in problems:
-                log.error("sweep: %s", p)
-            sys.exit(2)

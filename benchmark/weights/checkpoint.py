@@ -9,6 +9,7 @@ reference silently kept random weights for keys it could not match).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -134,3 +135,18 @@ def pick_member(names: Sequence[str], pattern: str | None, where: str) -> str:
         f"{where} holds {len(matches)} checkpoints{f' matching {pattern!r}' if pattern else ''}: {listed}. "
         f"Set the zoo entry's `member` to a pattern that picks one."
     )
+
+
+def weights_digest(model: nn.Module) -> str:
+    """`sha256:<hex>` of the model's state dict: each entry's name, dtype, shape and bytes, in name order.
+
+    The checkpoint file's own sha256 (`model_sha256`) also covers its metadata (training seconds), so two
+    trainings of one cell that give bit-identical weights still differ there; this digest is equal then, and
+    tells whether two results (two machines, two code versions) started from the very same backdoored model.
+    """
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return "sha256:" + h.hexdigest()
