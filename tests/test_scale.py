@@ -1,5 +1,6 @@
-"""The scale study (issue 18): its report tells points apart by model size, and the proxy preset keeps RNP's
-direction (the backdoor removed at a small clean-accuracy cost) at the authors' settings."""
+"""The scale study (issue 18): its report tells points apart by model size; the proxy presets keep RNP's
+direction: at the authors' settings (experiment=proxy: the backdoor removed at a large but bounded cost) and
+where the premise holds (experiment=proxy_premise: removed at a cost near the paper's)."""
 
 from __future__ import annotations
 
@@ -70,3 +71,31 @@ def test_proxy_rnp_removes_the_backdoor_at_a_bounded_cost(tmp_home: Path) -> Non
     assert after["asr"] <= PROXY_MAX_ASR_AFTER, after
     assert before["clean_acc"] - after["clean_acc"] <= PROXY_MAX_CA_COST, (before, after)
     assert result["defense_info"]["unlearn"]["reached_threshold"]
+
+
+# RNP on experiment=proxy_premise (ResNet-18 width 16, 3 epochs, unlearning lr 0.001), measured on a shared
+# 2-core AMD EPYC (README, "Scale study"), seeds 0-2: clean-accuracy cost 0.027 / 0.039 / 0.050, ASR after
+# 0.027 / 0.016 / 0.097, 53 / 101 / 73 of 1,200 channels pruned; unlearning reached 0.2 after 14 epochs on
+# seed 0 and ended at 0.41 / 0.22 after 20 on seeds 1 and 2. The same three models with the authors' lr 0.01:
+# cost 0.59 / 0.63 / 0.50 (unlearning fell to 0.11-0.17 in 4 epochs, 273-297 channels pruned).
+# Unlike experiment=proxy, this point shows the paper's direction: the backdoor removed by pruning a few
+# percent of the channels at a clean-accuracy cost near the paper's. The bounds keep that with a margin for
+# another CPU's arithmetic (the test runs seed 0); RNP at the authors' lr 0.01 on these models fails them.
+PREMISE_MAX_ASR_AFTER = 0.10
+PREMISE_MAX_CA_COST = 0.08
+
+
+@pytest.mark.slow
+def test_proxy_premise_rnp_removes_the_backdoor_at_the_papers_cost(tmp_home: Path) -> None:
+    """experiment=proxy_premise end to end (about 15 minutes on one core): the backdoor takes, RNP removes it
+    at a small clean-accuracy cost, its unlearning descending gradually to the threshold."""
+    try:
+        result = _cell(["experiment=proxy_premise"], tmp_home / "proxy_premise")
+    except DataMissingError as exc:  # no Debian package and no network: say what is missing
+        pytest.skip(f"full Fashion-MNIST is not available: {exc}")
+    before, after, info = result["before"], result["after"], result["defense_info"]
+    assert before["clean_acc"] >= 0.90 and before["asr"] >= 0.95, before  # the backdoor took
+    assert after["asr"] <= PREMISE_MAX_ASR_AFTER, after
+    assert before["clean_acc"] - after["clean_acc"] <= PREMISE_MAX_CA_COST, (before, after)
+    assert info["unlearn"]["epochs"] >= 8, info["unlearn"]  # a gradual descent, not a collapse within a few epochs
+    assert info["pruned"] <= 0.1 * info["total_channels"], info["pruned"]  # a few channels, not a tenth of the net
