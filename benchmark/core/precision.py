@@ -63,15 +63,20 @@ class Precision:
 AUTO = Precision()  # the default of every loop: bf16 on CUDA, fp32 on the CPU
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo (Linux); None where there is none."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(field):
+                return line.split(":", 1)[1].strip() if ":" in line else ""
+    return None
+
+
 @functools.cache
 def cpu_name() -> str:
     """The CPU's model name (Linux /proc/cpuinfo; else what `platform` knows): results record it, since
     float results and timings move between CPU models."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
@@ -87,11 +92,7 @@ def has_bf16_flag(flags_line: str) -> bool:
 @functools.cache
 def cpu_has_bf16_units() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX-512 BF16), read from /proc/cpuinfo (Linux)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return has_bf16_flag(line)
-    return False
+    return has_bf16_flag(_cpuinfo("flags") or "")
 
 
 def warn_if_slow(precision: Precision, device: torch.device) -> None:

@@ -149,28 +149,29 @@ def _flat_config(c: Cell) -> dict[str, str]:
     return {k: json.dumps(v, sort_keys=True) for k, v in flat.items() if k != "seed"}
 
 
-def setting_keys(cells: Sequence[Cell]) -> list[str]:
-    """Config keys whose values differ between cells of one (dataset, arch, attack, defense), seeds aside.
+def setting_keys(cells: Sequence[Cell], flats: Sequence[dict[str, str]]) -> list[str]:
+    """Config keys whose values differ between cells of one (dataset, arch, attack, defense), seeds aside;
+    `flats[i]` is `_flat_config(cells[i])` ({} for a cell without a config).
 
     Such cells are different experiments (a poison rate, a number of epochs), not seeds of one: the report
     must not average them. Keys only some cells have (a setting newer code added) are not differences.
     """
     by_coords: dict[tuple, list[dict[str, str]]] = defaultdict(list)
-    for c in cells:
+    for c, flat in zip(cells, flats, strict=True):
         if c.config:
-            by_coords[tuple(str(c.row.get(k)) for k in CELL_KEYS[:4])].append(_flat_config(c))
+            by_coords[tuple(str(c.row.get(k)) for k in CELL_KEYS[:4])].append(flat)
     keys: set[str] = set()
-    for flats in by_coords.values():
-        common = set.intersection(*(set(f) for f in flats))
-        keys |= {k for k in common if len({f[k] for f in flats}) > 1}
+    for group in by_coords.values():
+        common = set.intersection(*(set(f) for f in group))
+        keys |= {k for k in common if len({f[k] for f in group}) > 1}
     return sorted(keys)
 
 
 def assign_settings(cells: Sequence[Cell]) -> None:
     """Set each cell's row `setting`: the values of the `setting_keys` it has (`attack.poison_rate=0.05`)."""
-    keys = setting_keys(cells)
-    for c in cells:
-        flat = _flat_config(c) if c.config else {}
+    flats = [_flat_config(c) if c.config else {} for c in cells]  # once per cell: a JSON round trip each
+    keys = setting_keys(cells, flats)
+    for c, flat in zip(cells, flats, strict=True):
         c.row["setting"] = ", ".join(f"{k}={flat[k].strip(chr(34))}" for k in keys if k in flat)
 
 

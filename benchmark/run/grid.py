@@ -60,11 +60,16 @@ def search_dirs(config: DictConfig) -> list[Path]:
     return dirs
 
 
+def config_dirs(config: DictConfig, conf_dir: Path = Path(CONF_DIR)) -> list[Path]:
+    """conf/ and the config folders the user added to the search path: where a group's options live."""
+    return [Path(conf_dir), *search_dirs(config)]
+
+
 def missing_options(config: DictConfig, conf_dir: Path) -> list[str]:
     """`group=option` entries of the grid with no <group>/<option>.yaml in conf/ or a folder the user added
     to the search path, as messages naming the choices."""
     problems = []
-    dirs = [Path(conf_dir), *search_dirs(config)]
+    dirs = config_dirs(config, conf_dir)
     for key, values in grid_values(config).items():
         groups = [d / key for d in dirs if (d / key).is_dir()]
         if "/" in key or not groups:
@@ -106,8 +111,7 @@ def settings_level(keys: list[str], groups: set[str]) -> str:
 
 
 def _group_names(config: DictConfig) -> set[str]:
-    dirs = [Path(CONF_DIR), *search_dirs(config)]
-    return {p.name for d in dirs if d.is_dir() for p in d.iterdir() if p.is_dir()}
+    return {p.name for d in config_dirs(config) if d.is_dir() for p in d.iterdir() if p.is_dir()}
 
 
 def add_settings_level(config: DictConfig) -> str | None:
