@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -29,16 +30,38 @@ SEED_RANGE = (0, 2**32 - 1)  # numpy's seed range: every stream of a run comes f
 
 
 def select_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; an explicit CUDA request on a machine without one fails clearly."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The run's device, resolved once here: on CUDA always indexed (`cuda:K`).
+
+    `auto` picks CUDA when present. `auto` and bare `cuda` mean the current CUDA device (cuda:0 unless a
+    sweep job claimed another), since `torch.cuda.set_device` refuses an unindexed device; `cuda:N` is
+    checked against the visible GPUs, so a wrong N fails here in one line, not mid-run in CUDA.
+    """
+    wanted = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
     try:
-        device = torch.device(name)
+        device = torch.device(wanted)
     except RuntimeError:
         raise ConfigError(f"device={name!r} is invalid: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; use device=cpu or device=auto")
-    return device
+    index = torch.cuda.current_device() if device.index is None else device.index
+    _check_gpu_index(name, index)
+    return torch.device("cuda", index)
+
+
+def _check_gpu_index(name: str, index: int) -> None:
+    """A `cuda:N` beyond the visible GPUs: say which indexes exist (CUDA_VISIBLE_DEVICES renumbers from 0)."""
+    count = torch.cuda.device_count()
+    if index < count:
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible} renumbers them from 0)" if visible is not None else ""
+    indexes = "cuda:0" if count == 1 else f"cuda:0..cuda:{count - 1}"
+    raise ConfigError(
+        f"device={name!r} is out of range: {count} GPU{'s' if count != 1 else ''} visible here{where}, "
+        f"so N must be in [0, {count - 1}]; use {indexes}, cuda or auto"
+    )
 
 
 def setup_runtime(
@@ -46,6 +69,8 @@ def setup_runtime(
 ) -> torch.device:
     """Seeding, device choice and backend flags, done once for the whole process; checks and warns on `precision`.
 
+    On CUDA the chosen GPU becomes the current one, so that anything allocating on "the current device"
+    (cuBLAS/cuDNN handles, compiled kernels, a bare `cuda` anywhere) lands on the run's GPU, not on GPU 0.
     The precision itself is no process state: callers pass a `Precision` to every loop.
     """
     chosen = precision if isinstance(precision, Precision) else Precision(precision)  # a bad name fails here
@@ -56,6 +81,7 @@ def setup_runtime(
         torch.set_num_threads(threads)
     device = select_device(device_name)
     if device.type == "cuda":
+        torch.cuda.set_device(device)  # indexed: select_device never returns a bare `cuda`
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

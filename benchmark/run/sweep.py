@@ -8,8 +8,12 @@ A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<ar
   lists it and the sweep exits non-zero at the end (benchmark.report.ReportCallback);
 - a cell being run by another sweep into the same directory (its lock in `<sweep>/.locks/` is held) is
   skipped with a log line, not run twice: a rerun of the sweep afterwards resumes it from that result;
-- with `device=auto` and several visible GPUs, each job holds one GPU (a lock file per GPU) for its run,
-  so parallel jobs (joblib launcher, `n_jobs` = GPU count) never share one.
+- devices: with `device=auto` or `device=cuda` and several visible GPUs, each job claims one GPU for its
+  run (a lock file per GPU in `<sweep>/.locks/`, job k trying GPU k mod count first), so parallel jobs
+  (joblib launcher, `n_jobs` = GPU count) never share one; with one visible GPU (a single-GPU machine,
+  or a SLURM task, which sees its own GPUs as cuda:0..) the job runs on cuda:0 without a lock; `cuda:N`
+  stays pinned to GPU N. Either way the name resolves to an indexed `cuda:K` (benchmark.run.runtime),
+  which becomes the job's current CUDA device.
 """
 
 from __future__ import annotations
@@ -105,14 +109,19 @@ def _lock_tag() -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", tag)
 
 
+SHARED_DEVICES = ("auto", "cuda")  # names that leave the GPU open: a sweep job may claim any visible one
+
+
 @contextlib.contextmanager
 def claimed_device(name: str, job_num: int, lock_dir: Path, poll_s: float = 5.0) -> Iterator[str]:
-    """The device name for a job: with `auto` and several visible GPUs, a GPU this job holds alone.
+    """The device name for a job: with `auto` or `cuda` and several visible GPUs, a GPU this job holds alone.
 
-    Job k tries GPU k mod count first, then the others; when all are held it waits. One GPU or none:
-    `name` unchanged (a SLURM job sees only its own GPUs, so it needs no lock).
+    Job k tries GPU k mod count first, then the others; when all are held it waits. One GPU or none, or a
+    pinned `cuda:N`/`cpu`: `name` unchanged, for `select_device` to resolve (a SLURM job sees only its own
+    GPUs, so it needs no lock).
     """
-    count = torch.cuda.device_count() if name == "auto" and torch.cuda.is_available() else 0
+    shared = name in SHARED_DEVICES and torch.cuda.is_available()
+    count = torch.cuda.device_count() if shared else 0
     if count < 2:
         yield name
         return
@@ -183,7 +192,8 @@ def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path
 def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path) -> str:
     start = time.perf_counter()
     try:
-        if check_settings(cfg)["resume"]:
+        settings = check_settings(cfg)
+        if settings["resume"]:
             done, why = resume_check(run_dir, OmegaConf.to_container(cfg, resolve=True))
             if done:
                 log.info("resume: skipping %s: %s", run_dir, why)
@@ -194,11 +204,8 @@ def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Pa
         default_wandb_group(cfg, sweep_dir)
         from benchmark.run.cell import run_cell  # imported here: a skipped cell needs none of it (saves seconds)
 
-        with claimed_device(cfg.device, job_num, Path(sweep_dir) / ".locks") as device_name:
-            device = runtime_from_config(cfg, device_name)
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            run_cell(cfg, run_dir, device)
+        with claimed_device(settings["device"], job_num, Path(sweep_dir) / ".locks") as device_name:
+            run_cell(cfg, run_dir, runtime_from_config(cfg, device_name))  # which also makes it the current GPU
         return "done"
     except Exception as exc:  # one broken cell must not cost the others their results
         if isinstance(exc, BenchmarkError):
