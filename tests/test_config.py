@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
 from hydra.errors import MissingConfigException
 from omegaconf import OmegaConf
 
+from benchmark.core.archs import to_input
 from benchmark.core.errors import ConfigError
 from benchmark.run.config import build_run_config, check_writable
+from benchmark.run.model import new_model
 from benchmark.weights.zoo import load_registry
 from tests.conftest import CONF, compose_cfg, group_options
 
@@ -95,3 +100,29 @@ def test_invalid_yaml_in_an_extra_zoo_file_is_named(tmp_path) -> None:
     bad.write_text("key: [unclosed\n")
     with pytest.raises(ConfigError, match=r"zoo registry .*lab_zoo.yaml is not valid YAML"):
         load_registry([bad])
+
+
+@pytest.mark.parametrize("arch", group_options("arch"))
+@pytest.mark.parametrize("preset", group_options("experiment"))
+def test_every_preset_composes_with_every_arch_in_debug(preset: str, arch: str) -> None:
+    """`experiment=X arch=Y debug=default` builds a working model: a preset's settings for one architecture live in
+    conf/experiment_arch/<preset>_<arch>.yaml, so they never reach another architecture's factory."""
+    rc = build_run_config(compose_cfg([f"experiment={preset}", f"arch={arch}", "debug=default"]))
+    model = new_model(rc, torch.device("cpu")).eval()
+    size, channels = rc.dataset.size or 28, rc.dataset.channels
+    images = torch.randint(0, 256, (2, channels, size, size), dtype=torch.uint8)
+    with torch.no_grad():
+        assert model(to_input(images)).shape == (2, rc.dataset.num_classes)
+
+
+@pytest.mark.parametrize("path", sorted((CONF / "experiment_arch").glob("*.yaml")), ids=lambda p: p.stem)
+def test_experiment_arch_files_name_a_preset_and_an_arch_and_apply(path: Path) -> None:
+    archs = group_options("arch")
+    preset, arch = next(
+        (p, path.stem[len(p) + 1 :])
+        for p in group_options("experiment")
+        if path.stem.startswith(p + "_") and path.stem[len(p) + 1 :] in archs
+    )
+    cfg = compose_cfg([f"experiment={preset}", f"arch={arch}"])
+    for key, value in OmegaConf.load(path).kwargs.items():
+        assert cfg.arch.kwargs[key] == value, (path, key)
