@@ -46,7 +46,7 @@ def test_nad_keeps_clean_accuracy_on_the_quickstart_model(tmp_home: Path) -> Non
 
 @pytest.mark.slow
 def test_ibau_keeps_clean_accuracy_on_a_resnet18(tmp_home: Path) -> None:
-    """About 15 minutes on 2 cores: a width-16 ResNet-18 on the embedded data, then I-BAU at its defaults."""
+    """About 20 minutes on 2 shared cores: a width-16 ResNet-18 on the embedded data, then I-BAU at its defaults."""
     result = _cell(["experiment=quickstart", *RESNET18_W16, "defense=ibau"], tmp_home / "ibau")
     assert _cost(result) <= IBAU_MAX_CA_COST, (result["before"], result["after"])
     assert result["defense_info"]["rounds"] == 5
