@@ -9,6 +9,10 @@ backdoor shortcut end with small masks and are pruned (gamma zeroed) on the orig
 
 Defaults follow the authors' code (see conf/defense/anp.yaml). As there, the noise is not projected back
 into [-eps, eps] after its ascent step (`project_noise: true` does project it).
+
+Precision: the clean and perturbed forward passes and losses autocast; the masks, the neuron noise, their
+sign steps and their clamps (to [0, 1] and [-eps, eps]) stay fp32, where small mask updates are not rounded
+away (tests/test_precision_parity.py).
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ of the defense data is used) and matching each BN's input tensor to a convolutio
 so every architecture is handled without per-architecture code. BNs that do not read a conv output
 directly (e.g. the pre-activation BNs of PreAct-ResNet, which read a residual sum) are not
 considered; `defense_info` lists them.
+
+Precision: data-free and all fp32 (the Lipschitz bounds come from the weights alone), so the outcome does
+not depend on the run's precision.
 """
 
 from __future__ import annotations

@@ -12,6 +12,9 @@ Deep Neural Networks", RAID 2018).
 
 Selection uses only the held-out part of the defense data, never test data (BackdoorBench's FP
 stops on test accuracy). The curve (pruning only, no fine-tuning) is left for the harness to evaluate.
+
+Precision: the fine-tuning autocasts; the activations that rank the channels and the held-out accuracy of
+each pruning step are computed in fp32, so the ranking does not hinge on bf16 ties.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The harness's training loop (benchmark.core.training.train_classifier) does the work, with the recipe below;
 the model is a copy, so the backdoored original stays untouched.
+
+Precision: forward passes and loss autocast (bf16 on CUDA by default); weights and optimiser stay fp32.
 """
 
 from __future__ import annotations

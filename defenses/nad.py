@@ -8,6 +8,9 @@ Triggers from Deep Neural Networks", ICLR 2021).
 Stages are chosen generically: the module with the most direct children that contain a Conv2d (the
 network's chain of stages: ResNet layers, VGG convs, MobileNet blocks) and the last K of those
 children, K = len(betas); their outputs are the feature maps.
+
+Precision: forward passes and the CE autocast; the attention maps (sums of squared activations, then
+normalised) are computed in fp32, where bf16 would lose the small differences the betas of 500-1000 amplify.
 """
 
 from __future__ import annotations

@@ -12,6 +12,10 @@ an unlearning run that never reaches the threshold still yields its final weight
 no hard-coded class count or image size. The final model is chosen without test data (see
 `defenses.mask_pruning`): a fixed threshold (default), a fixed count, or the largest threshold whose
 pruned model keeps accuracy on a held-out part of the defense data.
+
+Precision: the unlearning and recovery forward passes and losses autocast (bf16 on CUDA by default); the
+masks, their optimiser steps and their clamps to [0, 1] stay fp32 (bf16 would round a mask step of lr x grad
+away near 1), and so does the pruning (tests/test_precision_parity.py).
 """
 
 from __future__ import annotations
