@@ -45,6 +45,7 @@ from benchmark.core.io import atomic_write_json, atomic_write_text, honour_umask
 DEFENSES = ("none", "rnp", "anp", "fp", "clp", "nad", "ft", "ibau")
 MAX_CLEAN_COST = 0.10  # the bar the table marks: a defense that loses more clean accuracy on the stand-in
 CIFAR_FOLDER = "cifar-10-batches-py"
+IDX_PARTS = ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
 TRAIN_BATCHES = 5  # CIFAR-10's training set comes as five batches (10,000 images each)
 
 
@@ -64,8 +65,8 @@ def find_fashion_mnist(given: Path | None, debug: bool) -> Path:
     home = Path(os.environ.get("BENCHMARK_HOME", Path.home() / ".cache" / "backdoor-benchmark"))
     candidates = [given] if given else [home / "data" / "fashion_mnist", DEBIAN_FASHION_MNIST]
     for folder in candidates:
-        if folder is not None and idx_pair(folder, "train") is not None and idx_pair(folder, "t10k") is not None:
-            return folder
+        if folder is not None and all(any(folder.glob(f"{part}-ubyte*")) for part in IDX_PARTS):
+            return folder  # decoded once, by write_standin, and only when the stand-in is not there yet
     looked = ", ".join(str(c) for c in candidates)
     raise SystemExit(
         f"error: Fashion-MNIST's IDX files (train/t10k images and labels) were not found in {looked}. "
@@ -224,10 +225,10 @@ def gpu_driver() -> str | None:
     return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
 
 
-def machine(records: dict[str, dict[str, Any]], perf: dict[str, Any] | None) -> dict[str, Any]:
+def machine(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """What the numbers were measured on: GPU, driver, torch, CUDA, CPU, precision."""
     any_record = next((r for r in records.values() if r.get("status") != "failed"), {})
-    info: dict[str, Any] = {
+    return {
         "runtime": any_record.get("runtime"),
         "versions": any_record.get("versions"),
         "torch": torch.__version__,
@@ -235,9 +236,6 @@ def machine(records: dict[str, dict[str, Any]], perf: dict[str, Any] | None) -> 
         "driver": gpu_driver(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    if perf is not None:
-        info["perf_device"] = perf.get("device")
-    return info
 
 
 def perf_lines(perf: dict[str, Any]) -> list[str]:
@@ -340,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_images": min(standin.train - reserve, limit or standin.train),
         "epochs": (cfg.get("train") or {}).get("epochs", 0),
     }
-    info = machine(records, perf)
+    info = machine(records)
     text = report(rows, info, perf, extra)
     atomic_write_text(out / "gpu_check.md", text)
     atomic_write_json(out / "gpu_check.json", {"rows": rows, "machine": info, "perf": perf, **extra})

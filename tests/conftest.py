@@ -19,7 +19,9 @@ from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import load_dataset, make_splits
 from benchmark.core.evaluate import evaluate
 from benchmark.core.training import TrainRecipe, train_classifier
-from benchmark.run.runtime import CONF_DIR
+from benchmark.run.cell import run_cell
+from benchmark.run.config import build_run_config
+from benchmark.run.runtime import CONF_DIR, setup_runtime
 from tests.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)
@@ -43,6 +45,13 @@ def group_options(group: str) -> list[str]:
 def compose_cfg(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def run_composed_cell(overrides: list[str], run_dir: Path) -> dict:
+    """One cell as the CLI runs it: composed, typed, the runtime set up from the config, then run."""
+    cfg = compose_cfg(overrides)
+    rc = build_run_config(cfg)
+    return run_cell(cfg, run_dir, setup_runtime(rc.seed, rc.device, rc.threads, rc.precision))
 
 
 @pytest.fixture

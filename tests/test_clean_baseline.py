@@ -20,14 +20,12 @@ from benchmark.report.published import load_registry, match, matches
 from benchmark.report.stats import T975, Paired, t_cdf, t_quantile
 from benchmark.report.table import Stat
 from benchmark.report.write import write_report
-from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.model import clean_model_path, model_cache_path, new_model
 from benchmark.run.natural import compose_attack
 from benchmark.run.record import result_problems
-from benchmark.run.runtime import setup_runtime
 from benchmark.weights.checkpoint import weights_digest
-from tests.conftest import compose_cfg, group_options
+from tests.conftest import compose_cfg, group_options, run_composed_cell
 
 # --- intervals ---------------------------------------------------------------------------------------------
 
@@ -101,9 +99,7 @@ def test_natural_attacks_are_composed_as_their_cells_compose_them() -> None:
 
 
 def _cell(overrides: list[str], run_dir: Path) -> dict[str, Any]:
-    cfg = compose_cfg(["debug=default", *overrides])
-    rc = build_run_config(cfg)
-    result = run_cell(cfg, run_dir, setup_runtime(rc.seed, rc.device, rc.threads, rc.precision))
+    result = run_composed_cell(["debug=default", *overrides], run_dir)
     assert result_problems(result) == []
     return result
 

@@ -16,20 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.run.cell import run_cell
-from benchmark.run.config import build_run_config
-from benchmark.run.runtime import setup_runtime
-from tests.conftest import compose_cfg
+from tests.conftest import run_composed_cell
 
 NAD_MAX_CA_COST = 0.10  # default 0.038 measured; the authors' lr 0.21
 IBAU_MAX_CA_COST = 0.07  # default 0.027 measured; the authors' lr 0.113
 RESNET18_W16 = ["arch=resnet18", "arch.kwargs.width=16", "~arch.kwargs.stem_stride"]
-
-
-def _cell(overrides: list[str], run_dir: Path) -> dict:
-    cfg = compose_cfg(overrides)
-    rc = build_run_config(cfg)
-    return run_cell(cfg, run_dir, setup_runtime(rc.seed, rc.device, rc.threads, rc.precision))
 
 
 def _cost(result: dict) -> float:
@@ -40,13 +31,13 @@ def _cost(result: dict) -> float:
 @pytest.mark.slow
 def test_nad_keeps_clean_accuracy_on_the_quickstart_model(tmp_home: Path) -> None:
     """About 3 minutes on 2 cores: the quickstart's backdoored convnet, then NAD at its defaults."""
-    result = _cell(["experiment=quickstart", "defense=nad"], tmp_home / "nad")
+    result = run_composed_cell(["experiment=quickstart", "defense=nad"], tmp_home / "nad")
     assert _cost(result) <= NAD_MAX_CA_COST, (result["before"], result["after"])
 
 
 @pytest.mark.slow
 def test_ibau_keeps_clean_accuracy_on_a_resnet18(tmp_home: Path) -> None:
     """About 20 minutes on 2 shared cores: a width-16 ResNet-18 on the embedded data, then I-BAU at its defaults."""
-    result = _cell(["experiment=quickstart", *RESNET18_W16, "defense=ibau"], tmp_home / "ibau")
+    result = run_composed_cell(["experiment=quickstart", *RESNET18_W16, "defense=ibau"], tmp_home / "ibau")
     assert _cost(result) <= IBAU_MAX_CA_COST, (result["before"], result["after"])
     assert result["defense_info"]["rounds"] == 5

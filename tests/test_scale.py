@@ -11,23 +11,14 @@ import pytest
 
 from benchmark.core.errors import DataMissingError
 from benchmark.report.scale import main, write_scale_report
-from benchmark.run.cell import run_cell
-from benchmark.run.config import build_run_config
-from benchmark.run.runtime import setup_runtime
-from tests.conftest import compose_cfg
-
-
-def _cell(overrides: list[str], run_dir: Path) -> dict:
-    cfg = compose_cfg(overrides)
-    rc = build_run_config(cfg)
-    return run_cell(cfg, run_dir, setup_runtime(rc.seed, rc.device, rc.threads, rc.precision))
+from tests.conftest import run_composed_cell
 
 
 def test_scale_report_separates_widths_and_records_rnp_phases(tmp_home: Path) -> None:
     root = tmp_home / "sweep"
     for width in (4, 8):
         run_dir = root / f"convnet_w{width}" / "badnets" / "rnp" / "seed0"
-        result = _cell(["experiment=scale_study", "debug=default", f"arch.kwargs.width={width}"], run_dir)
+        result = run_composed_cell(["experiment=scale_study", "debug=default", f"arch.kwargs.width={width}"], run_dir)
         info = result["defense_info"]
         assert info["unlearn"]["seconds"] > 0 and info["recover"]["seconds"] > 0  # recorded for the study
         assert "0.0" in info["masks_below"]
@@ -63,7 +54,7 @@ PROXY_MAX_CA_COST = 0.60
 def test_proxy_rnp_removes_the_backdoor_at_a_bounded_cost(tmp_home: Path) -> None:
     """experiment=proxy end to end (about 6 minutes on 2 shared cores): the backdoor takes, RNP removes it."""
     try:
-        result = _cell(["experiment=proxy"], tmp_home / "proxy")
+        result = run_composed_cell(["experiment=proxy"], tmp_home / "proxy")
     except DataMissingError as exc:  # no Debian package and no network: say what is missing
         pytest.skip(f"full Fashion-MNIST is not available: {exc}")
     before, after = result["before"], result["after"]
@@ -90,7 +81,7 @@ def test_proxy_premise_rnp_removes_the_backdoor_at_the_papers_cost(tmp_home: Pat
     """experiment=proxy_premise end to end (about 15 minutes on one core): the backdoor takes, RNP removes it
     at a small clean-accuracy cost, its unlearning descending gradually to the threshold."""
     try:
-        result = _cell(["experiment=proxy_premise"], tmp_home / "proxy_premise")
+        result = run_composed_cell(["experiment=proxy_premise"], tmp_home / "proxy_premise")
     except DataMissingError as exc:  # no Debian package and no network: say what is missing
         pytest.skip(f"full Fashion-MNIST is not available: {exc}")
     before, after, info = result["before"], result["after"], result["defense_info"]
