@@ -238,7 +238,8 @@ class SlurmCluster:
                 env=self.env(), capture_output=True, text=True, timeout=120,
             )  # fmt: skip
             if proc.returncode != 0:
-                raise ClusterUnavailable(f"mariadb-install-db failed ({proc.returncode}): {proc.stderr[-2000:]}")
+                said = (proc.stderr.strip() or proc.stdout.strip())[-2000:]  # 10.11 prints its FATAL ERROR on stdout
+                raise ClusterUnavailable(f"mariadb-install-db failed ({proc.returncode}): {said}")
         self.spawn("mariadbd", [
             "--no-defaults", f"--datadir={r}/db", "--user=root", f"--port={self.db_port}", "--bind-address=127.0.0.1",
             f"--socket={r}/db/mysqld.sock", f"--pid-file={r}/db/mariadbd.pid", f"--log-error={r}/mariadbd.log",
