@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from benchmark.core.evaluate import evaluate
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
-from benchmark.run.runtime import CONF_DIR, setup_runtime
+from benchmark.run.runtime import CONF_DIR, start_runtime
 from tests.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)
@@ -49,9 +50,8 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
 
 def run_composed_cell(overrides: list[str], run_dir: Path) -> dict:
     """One cell as the CLI runs it: composed, typed, the runtime set up from the config, then run."""
-    cfg = compose_cfg(overrides)
-    rc = build_run_config(cfg)
-    return run_cell(cfg, run_dir, setup_runtime(rc.seed, rc.device, rc.threads, rc.precision))
+    rc = build_run_config(compose_cfg(overrides))
+    return run_cell(rc, run_dir, start_runtime(rc))
 
 
 @pytest.fixture
@@ -68,6 +68,15 @@ def embedded():
     """Splits of the embedded data, small: (train, reserve, test) ImageSets."""
     train, test = load_dataset("embedded", Path("/nonexistent"), False)
     return make_splits(train, test, 10, reserve=500, split_seed=0, train_limit=4000, test_limit=600)
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_unchanged() -> Iterator[None]:
+    """A test that runs a cell with `threads=N` sets torch's process-wide thread count: put it back, since float
+    results (the session's backdoored model, the parity tests) depend on it and so on the tests run before."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
+from benchmark.run.config import build_run_config
 from benchmark.run.runtime import setup_runtime
 from tests.budgets import BUDGETS
 from tests.conftest import attack_context, compose_cfg
@@ -264,7 +265,9 @@ def shared_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_attack_implants_a_backdoor(name: str, shared_home: Path) -> None:
     min_asr = BUDGETS["attack"][name].min_asr
     cfg = compose_cfg([*SMALL, f"attack={name}"])
-    result = run_cell(cfg, shared_home / name, setup_runtime(cfg.seed, "cpu"))  # seeded as the CLI seeds
+    result = run_cell(
+        build_run_config(cfg), shared_home / name, setup_runtime(cfg.seed, "cpu")
+    )  # seeded as the CLI seeds
     before = result["before"]
     print(f"{name}: clean acc {before['clean_acc']:.3f}  ASR {before['asr']:.3f}")
     assert result["model_source"] == "trained"

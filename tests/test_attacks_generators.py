@@ -24,6 +24,7 @@ from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
+from benchmark.run.config import build_run_config
 from benchmark.run.runtime import setup_runtime
 from tests.budgets import BUDGETS
 from tests.conftest import attack_context, compose_cfg
@@ -287,10 +288,10 @@ IMPLANT: list[tuple[str, list[str]]] = [  # each must pass its budget row's min_
 def test_attack_implants_a_backdoor(name: str, overrides: list[str], tmp_home: Path) -> None:
     min_asr = BUDGETS["attack"][name].min_asr
     cfg = compose_cfg([*SMALL, f"attack={name}", *overrides])
-    result = run_cell(cfg, tmp_home / "run", setup_runtime(cfg.seed, "cpu"))  # seeded as the CLI seeds
+    result = run_cell(build_run_config(cfg), tmp_home / "run", setup_runtime(cfg.seed, "cpu"))  # as the CLI seeds
     before = result["before"]
     print(f"{name}: clean acc {before['clean_acc']:.3f}  ASR {before['asr']:.3f}")
     assert result["model_source"] == "trained" and result["model_meta"]["poisoned"] == (0 if name != "dfst" else 150)
     assert before["asr"] > min_asr and before["clean_acc"] > 0.6, before  # chance ASR is about 0.1
-    again = run_cell(cfg, tmp_home / "run2", torch.device("cpu"))  # from the cache, trigger restored
+    again = run_cell(build_run_config(cfg), tmp_home / "run2", torch.device("cpu"))  # fresh attack: trigger from cache
     assert again["model_source"] == "cache" and again["before"] == before

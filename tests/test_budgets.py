@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from benchmark.run.cell import run_cell
+from benchmark.run.config import build_run_config
 from benchmark.run.record import result_problems
-from benchmark.run.runtime import runtime_from_config
+from benchmark.run.runtime import start_runtime
 from tests.budgets import BUDGETS
 from tests.conftest import compose_cfg, group_options
 
@@ -38,8 +39,8 @@ def _smoke(group: str) -> list:
 
 
 def _run_debug_cell(overrides: list[str], run_dir: Path) -> dict:
-    cfg = compose_cfg([*DEBUG, *overrides])
-    result = run_cell(cfg, run_dir, runtime_from_config(cfg))  # seeded, threaded and checked as the CLI does
+    rc = build_run_config(compose_cfg([*DEBUG, *overrides]))
+    result = run_cell(rc, run_dir, start_runtime(rc))  # seeded, threaded and checked as the CLI does
     assert result_problems(result) == []
     return result
 

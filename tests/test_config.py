@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from benchmark.core.archs import to_input
 from benchmark.core.errors import ConfigError
 from benchmark.run.config import build_run_config, check_writable
+from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.model import new_model
 from benchmark.weights.zoo import load_registry
 from tests.conftest import CONF, compose_cfg, group_options
@@ -84,7 +85,7 @@ def test_a_yaml_whose_name_differs_from_its_file_name_is_refused(tmp_home) -> No
             cfg, choices={"attack": "badnets2", "dataset": "cifar10", "arch": "resnet18", "defense": "rnp"}
         )
     key = build_run_config(cfg, choices={"attack": "badnets", "dataset": "cifar10"}).key
-    assert key.model_key() == "cifar10/resnet18/badnets" and key.label() == "badnets-cifar10-resnet18-rnp-0"
+    assert key.model_key() == "cifar10/resnet18/badnets" and key.label() == "cifar10-resnet18-badnets-rnp-0"
 
 
 def test_unwritable_output_paths_are_refused_before_any_work(tmp_path) -> None:
@@ -126,3 +127,14 @@ def test_experiment_arch_files_name_a_preset_and_an_arch_and_apply(path: Path) -
     cfg = compose_cfg([f"experiment={preset}", f"arch={arch}"])
     for key, value in OmegaConf.load(path).kwargs.items():
         assert cfg.arch.kwargs[key] == value, (path, key)
+
+
+def test_the_cell_key_is_the_one_spelling_of_a_cells_coordinates() -> None:
+    """The sweep subdir in conf/config.yaml, result.json's cell and the subdir parser all follow CellKey."""
+    key = CellKey(dataset="cifar10", arch="resnet18", attack="badnets", defense="rnp", seed=3)
+    assert CellKey.from_subdir(Path("lr=0.1") / key.subdir()) == key
+    assert CellKey.from_subdir(Path("cifar10/resnet18/badnets/rnp")) is None
+    pattern = OmegaConf.to_container(OmegaConf.load(CONF / "config.yaml").hydra.sweep, resolve=False)["subdir"]
+    spelled = [f"${{hydra:runtime.choices.{g}}}" for g in CELL_GROUPS] + ["seed${seed}"]
+    assert pattern == "/".join(spelled)
+    assert tuple(build_run_config(compose_cfg([])).cell) == CELL_FIELDS

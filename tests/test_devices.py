@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import torch
-from omegaconf import DictConfig
 
 from benchmark.core.errors import BenchmarkError, ConfigError
-from benchmark.run.runtime import runtime_from_config, select_device, setup_runtime
+from benchmark.run.config import RunConfig, build_run_config
+from benchmark.run.runtime import select_device, setup_runtime, start_runtime
 from benchmark.run.sweep import FAILED, RESULT, claimed_device, run_sweep_cell
 from tests.conftest import FAST, compose_cfg
 
@@ -75,7 +75,7 @@ class Cells:
         self.handed: dict[Path, tuple[torch.device, int]] = {}
         self.during: Callable[[], None] | None = None  # run once inside the next cell (while it holds its GPU)
 
-    def run_cell(self, cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+    def run_cell(self, rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
         self.handed[run_dir] = (device, torch.cuda.current_device())
         during, self.during = self.during, None
         if during is not None:
@@ -151,7 +151,8 @@ def test_setup_runtime_makes_the_indexed_gpu_current_and_sets_backend_flags(fake
 def test_a_single_run_pins_its_gpu(fake_gpus) -> None:
     """`python -m benchmark device=cuda:1` (no sweep): the run's GPU becomes the current one."""
     gpus = fake_gpus(2)
-    assert runtime_from_config(compose_cfg([*FAST, "device=cuda:1", "threads=1"])) == torch.device("cuda", 1)
+    rc = build_run_config(compose_cfg([*FAST, "device=cuda:1", "threads=1"]))
+    assert start_runtime(rc) == torch.device("cuda", 1)
     assert (gpus.set_to, gpus.current) == ([1], 1)
 
 

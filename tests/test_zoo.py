@@ -17,7 +17,7 @@ from benchmark.core.archs import build_arch
 from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
 from benchmark.core.errors import ConfigError
 from benchmark.run.config import build_run_config
-from benchmark.run.export import export_cell, log_artifact
+from benchmark.run.export import export_cell, export_config, log_artifact
 from benchmark.run.model import new_model, zoo_settings
 from benchmark.run.runtime import setup_runtime
 from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
@@ -216,9 +216,9 @@ def _export_cfg(overrides: list[str]):
 def test_exported_model_served_from_a_lab_zoo_runs_end_to_end(tmp_home, server, tmp_path) -> None:
     out = tmp_path / "exports"
     tiny = [*SMALL, "dataset.train_limit=600", "dataset.test_limit=200"]  # cost is not what is tested
-    cfg = _export_cfg([*tiny, f"export.dir={out}", f"export.url={server.base}/zoo"])
-    exported = export_cell(cfg, setup_runtime(0, "cpu"))  # seeded as `python -m benchmark.export` is
-    log_artifact(cfg, tmp_path, exported)  # logger=none: nothing to log, must not fail
+    parts, settings = export_config(_export_cfg([*tiny, f"export.dir={out}", f"export.url={server.base}/zoo"]))
+    exported = export_cell(parts, settings, setup_runtime(0, "cpu"))  # seeded as `python -m benchmark.export` is
+    log_artifact(parts, settings, tmp_path, exported)  # logger=none: nothing to log, must not fail
     entry = yaml.safe_load(exported.entry_file.read_text())["embedded/convnet/badnets"]
     assert entry["url"] == f"{server.base}/zoo/embedded-convnet-badnets-seed0.pt"
     assert entry["sha256"] == sha(exported.checkpoint.read_bytes())
@@ -246,7 +246,9 @@ def test_exported_model_served_from_a_lab_zoo_runs_end_to_end(tmp_home, server, 
 @pytest.mark.slow
 def test_export_logs_a_wandb_model_artifact_offline(tmp_home, tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("WANDB_MODE")
-    cfg = _export_cfg([*SMALL, f"export.dir={tmp_path / 'x'}", "logger=wandb", "logger.mode=offline"])
-    log_artifact(cfg, tmp_path, export_cell(cfg, CPU))
+    parts, settings = export_config(
+        _export_cfg([*SMALL, f"export.dir={tmp_path / 'x'}", "logger=wandb", "logger.mode=offline"])
+    )
+    log_artifact(parts, settings, tmp_path, export_cell(parts, settings, CPU))
     runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(runs) == 1 and b"embedded-convnet-badnets-seed0.zoo.yaml" in runs[0].read_bytes()

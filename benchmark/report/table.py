@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmark.report.stats import Interval, Paired, t_interval
-from benchmark.run.record import CELL_KEYS, METRIC_KEYS, comparable, flatten, result_problems
+from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
+from benchmark.run.record import METRIC_KEYS, comparable, flatten, result_problems
 
 CLEAN = "none"  # the attack option of the clean model (attacks/none.py): its own section, not a pivot row
 BASELINE = "no defense"  # the column built from every cell's `before` metrics (the backdoored model itself)
@@ -55,18 +56,11 @@ def _cell_files(root: Path) -> Iterable[Path]:
         yield path
 
 
-def _cell_from_path(rel_dir: Path) -> dict[str, Any]:
-    """The coordinates a sweep subdir spells (<dataset>/<arch>/<attack>/<defense>/seed<N>), if it is one."""
-    parts = rel_dir.parts[-5:]
-    if len(parts) < 5 or not parts[4].startswith("seed") or not parts[4][4:].isdigit():
-        return {}
-    return {**dict(zip(("dataset", "arch", "attack", "defense"), parts[:4], strict=True)), "seed": int(parts[4][4:])}
-
-
 def _base_row(root: Path, path: Path, cell: Any) -> dict[str, Any]:
-    if not isinstance(cell, dict) or any(cell.get(k) is None for k in CELL_KEYS):
-        cell = {**_cell_from_path(path.parent.relative_to(root)), **(cell if isinstance(cell, dict) else {})}
-    row: dict[str, Any] = {k: cell.get(k) for k in CELL_KEYS}
+    if not isinstance(cell, dict) or any(cell.get(k) is None for k in CELL_FIELDS):
+        spelt = CellKey.from_subdir(path.parent.relative_to(root))
+        cell = {**(spelt.as_dict() if spelt else {}), **(cell if isinstance(cell, dict) else {})}
+    row: dict[str, Any] = {k: cell.get(k) for k in CELL_FIELDS}
     return {**row, "status": "", "error": "", "path": str(path.parent.relative_to(root))}
 
 
@@ -139,7 +133,7 @@ def collect(root: Path) -> list[Cell]:
 
 def _order(c: Cell) -> tuple:
     seed = c.row.get("seed")
-    coords = (str(c.row.get(k)) for k in CELL_KEYS[:4])
+    coords = (str(c.row.get(k)) for k in CELL_GROUPS)
     return (*coords, str(c.row.get("setting", "")), seed if isinstance(seed, int) else -1)
 
 
@@ -159,7 +153,7 @@ def setting_keys(cells: Sequence[Cell], flats: Sequence[dict[str, str]]) -> list
     by_coords: dict[tuple, list[dict[str, str]]] = defaultdict(list)
     for c, flat in zip(cells, flats, strict=True):
         if c.config:
-            by_coords[tuple(str(c.row.get(k)) for k in CELL_KEYS[:4])].append(flat)
+            by_coords[tuple(str(c.row.get(k)) for k in CELL_GROUPS)].append(flat)
     keys: set[str] = set()
     for group in by_coords.values():
         common = set.intersection(*(set(f) for f in group))
@@ -176,7 +170,7 @@ def assign_settings(cells: Sequence[Cell]) -> None:
 
 
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
-    head = [*CELL_KEYS, *(["setting"] if any(r.get("setting") for r in rows) else []), "status", "model_source"]
+    head = [*CELL_FIELDS, *(["setting"] if any(r.get("setting") for r in rows) else []), "status", "model_source"]
     metrics = [f"{p}_{k}" for p in ("before", "after") for k in METRIC_KEYS] + ["der", "ca_change"]
     seen = {k for r in rows for k in r}
     phases = [f"seconds_{p}" for p in (*PHASES, "cell")] + sorted(

@@ -1,7 +1,8 @@
 """One cell of the grid, end to end: data -> attack -> model -> evaluate -> defense -> evaluate -> record.
 
-Each step is a function call with plain inputs and outputs; the entry point (`benchmark.run.cli`) seeds,
-picks the device and hands over the composed config and the run directory. Where the model comes from
+Each step is a function call with plain inputs and outputs; the entry point (`benchmark.run.cli`, or
+`benchmark.run.sweep` for a sweep job) types the config, seeds, picks the device and hands over the run
+config and the run directory. Where the model comes from
 is `benchmark.run.model`; what the result holds is `benchmark.run.record`.
 """
 
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset, make_splits
@@ -23,7 +23,7 @@ from benchmark.core.data.source import Source, file_specs
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
-from benchmark.run.config import RunConfig, build_run_config, check_writable
+from benchmark.run.config import RunConfig, check_writable
 from benchmark.run.loggers import make_logger
 from benchmark.run.model import CellData, Streams, obtain_model
 from benchmark.run.natural import natural_asr, natural_attacks, natural_record
@@ -75,11 +75,10 @@ def evaluate_curve(
     return rows
 
 
-def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
+def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
     """Run one cell and write `result.json` (+ `curve.csv`) into `run_dir`; returns the result."""
     start = time.perf_counter()
     timing: dict[str, float] = {}
-    rc = build_run_config(cfg)
     check_writable(run_dir, "the run directory")
     check_writable(Path(rc.paths.cache), "paths.cache")
     natural = natural_attacks(rc.attack, rc.dataset.name, rc.dataset.num_classes)  # attack=none only
@@ -113,8 +112,7 @@ def run_cell(cfg: DictConfig, run_dir: Path, device: torch.device) -> dict[str, 
         curve_rows = evaluate_curve(out.curve, test, triggered, batch, precision)
     log.info("after:  %s", _fmt(after))
     timing["total"] = round(time.perf_counter() - start, 3)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(config, dict)
+    config = rc.resolved
     result = assemble_result(
         rc.cell, (source, meta), before, after, out.info, curve_rows, timing, config, runtime_info(device, precision)
     )

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 
 from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.run.help import register_help_resolver
-from benchmark.run.runtime import CONF_DIR, runtime_from_config
+from benchmark.run.runtime import CONF_DIR, start_runtime
 
 log = logging.getLogger("benchmark")
 register_help_resolver()  # the option lists of `--help` (conf/hydra/help/benchmark.yaml)
@@ -30,9 +30,11 @@ def main(cfg: DictConfig) -> None:
         run_sweep_cell(cfg, run_dir, hc.job.num, Path(hc.sweep.dir))
         return
     from benchmark.run.cell import run_cell  # imported late so `--help` and bad overrides answer fast
+    from benchmark.run.config import build_run_config
 
     try:
-        run_cell(cfg, run_dir, runtime_from_config(cfg))
+        rc = build_run_config(cfg)  # typed and checked once, here at the door
+        run_cell(rc, run_dir, start_runtime(rc))
     except BenchmarkError as exc:
         log.error("%s", exc)
         sys.exit(2)

@@ -1,15 +1,16 @@
 """The run config, typed and checked once: every value a cell, a sweep job or export reads comes from here.
 
-`build_run_config` turns Hydra's composed config into a `RunConfig` before any work starts, so a bad value
-stops the run naming the value and what is allowed. `CellKey` (dataset, arch, attack, defense, seed) is the
-one frozen identity of a cell, used by the cell, the sweep, the record, the report and the zoo.
+`build_run_config` turns Hydra's composed config into a `RunConfig` at the entry (the CLI for one cell, the
+sweep for a job), before any work starts, so a bad value stops the run naming the value and what is allowed;
+everything below the entry reads the typed config, never the raw `DictConfig`. Its `key` (`CellKey`,
+benchmark.run.key) is the one identity of the cell.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,37 +22,13 @@ from attacks.base import Attack
 from benchmark.core.archs import arch_names
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.errors import ConfigError
-from benchmark.core.precision import AUTO, Precision
+from benchmark.core.precision import AUTO, PRECISIONS, Precision
 from benchmark.core.training import TrainRecipe
 from benchmark.core.validation import Checked, bounded
+from benchmark.run.key import CELL_GROUPS, CellKey
 from benchmark.run.loggers import LoggerConfig
-from benchmark.run.runtime import check_settings
 from benchmark.weights.zoo import ModelSource
 from defenses.base import Defense
-
-# The groups whose chosen option names the cell; a YAML's `name:` must agree with its file name.
-KEY_GROUPS = ("attack", "dataset", "arch", "defense")
-
-
-@dataclass(frozen=True)
-class CellKey:
-    """A cell's coordinates, in result.json's order."""
-
-    attack: str
-    dataset: str
-    arch: str
-    defense: str
-    seed: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def model_key(self) -> str:
-        """The zoo's key for the cell's backdoored model: `dataset/arch/attack`."""
-        return f"{self.dataset}/{self.arch}/{self.attack}"
-
-    def label(self) -> str:
-        return "-".join(str(v) for v in asdict(self).values())
 
 
 @dataclass
@@ -116,6 +93,7 @@ class RunConfig:
     precision: Precision = AUTO
     resume: bool = True
     sweep_name: str = "default"
+    resolved: dict[str, Any] = field(default_factory=dict)  # the composed config as plain data, for the record
 
     @property
     def seed(self) -> int:
@@ -152,7 +130,7 @@ def build_target(node: DictConfig, base: type) -> Any:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
 
 
-def _typed(cls: type, node: Any, what: str) -> Any:
+def typed_section(cls: type, node: Any, what: str) -> Any:
     """`cls(**node)`, with unknown or missing keys reported as a config error naming the node."""
     try:
         return cls(**_plain(node))
@@ -171,33 +149,61 @@ def cell_key(cfg: DictConfig, seed: int, choices: Mapping[str, Any] | None) -> C
     A copied YAML that kept another file's `name:` would otherwise file its results (and cached model)
     under the wrong cell. Without Hydra's choices (a config composed in code), the `name:` fields are used.
     """
-    names = {g: str(cfg[g].name) for g in KEY_GROUPS}
+    names = {g: str(cfg[g].name) for g in CELL_GROUPS}
     if choices is not None:
-        for g in KEY_GROUPS:
+        for g in CELL_GROUPS:
             chosen = choices.get(g)
             if chosen is not None and str(chosen) != names[g]:
                 raise ConfigError(
                     f"{g}={chosen} but conf/{g}/{chosen}.yaml says name: {names[g]}; "
                     f"a config's name must be its file name (rename the file or fix its name:)"
                 )
-    return CellKey(seed=seed, **{g: names[g] for g in KEY_GROUPS})
+    return CellKey(seed=seed, **{g: names[g] for g in CELL_GROUPS})
+
+
+SEED_RANGE = (0, 2**32 - 1)  # numpy's seed range: every stream of a run comes from this one value
+
+
+def _int_in(value: Any, name: str, lo: int, hi: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
+        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
+    return value
+
+
+def check_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
+    threads = cfg.get("threads")
+    precision, resume = cfg.get("precision", "auto"), cfg.get("resume", True)
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision={precision!r} is invalid: choose from {', '.join(PRECISIONS)}")
+    if not isinstance(resume, bool):
+        raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
+    return {
+        "seed": _int_in(cfg.get("seed", 0), "seed", *SEED_RANGE),
+        "threads": None if threads is None else _int_in(threads, "threads", 1),
+        "device": str(cfg.get("device", "auto")),
+        "precision": precision,
+        "resume": resume,
+        "sweep_name": str(cfg.get("sweep_name", "default")),
+    }
 
 
 def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> RunConfig:
     """Validate the whole config up front: bad values fail here, naming the value and what is allowed."""
     scalars = check_settings(cfg)
     seed = scalars.pop("seed")
-    dataset = _typed(DatasetConfig, cfg.dataset, "dataset")
+    dataset = typed_section(DatasetConfig, cfg.dataset, "dataset")
     if len(dataset.mean) != dataset.channels or len(dataset.std) != dataset.channels:
         raise ConfigError(f"dataset {dataset.name}: mean/std need {dataset.channels} entries")
     attack = build_target(cfg.attack, Attack)
     attack.check_dataset(dataset.num_classes)
-    defense_data = _typed(DefenseDataConfig, cfg.defense_data, "defense_data")
+    defense_data = typed_section(DefenseDataConfig, cfg.defense_data, "defense_data")
     if defense_data.size > dataset.reserve:
         raise ConfigError(
             f"defense_data.size={defense_data.size} is out of range: allowed [1, dataset.reserve={dataset.reserve}]"
         )
-    arch = _typed(ArchConfig, cfg.arch, "arch")
+    arch = typed_section(ArchConfig, cfg.arch, "arch")
     if arch.name not in arch_names():
         raise ConfigError(f"Unknown architecture {arch.name!r}; choose from {', '.join(arch_names())}")
     return RunConfig(
@@ -207,13 +213,14 @@ def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) 
         arch=arch,
         attack=attack,
         defense=build_target(cfg.defense, Defense),
-        recipe=_typed(TrainRecipe, cfg.train, "train"),
-        logger=_typed(LoggerConfig, cfg.logger, "logger"),
-        model=_typed(ModelSource, cfg.model, "model") if "model" in cfg else ModelSource(),
-        paths=_typed(PathsConfig, cfg.paths, "paths"),
+        recipe=typed_section(TrainRecipe, cfg.train, "train"),
+        logger=typed_section(LoggerConfig, cfg.logger, "logger"),
+        model=typed_section(ModelSource, cfg.model, "model") if "model" in cfg else ModelSource(),
+        paths=typed_section(PathsConfig, cfg.paths, "paths"),
         defense_data=defense_data,
-        eval=_typed(EvalConfig, cfg.eval, "eval"),
+        eval=typed_section(EvalConfig, cfg.eval, "eval"),
         **{**scalars, "precision": Precision(scalars["precision"])},
+        resolved=_plain(cfg),
     )
 
 

@@ -23,18 +23,27 @@ import hydra
 import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from benchmark.core.download.fetch import sha256_file
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.io import atomic_torch_save, atomic_write_text
 from benchmark.run.record import versions
-from benchmark.run.runtime import CONF_DIR, runtime_from_config
+from benchmark.run.runtime import CONF_DIR, start_runtime
 
 if TYPE_CHECKING:
     from benchmark.run.config import RunConfig
 
 log = logging.getLogger("benchmark.export")
+
+
+@dataclass(frozen=True)
+class ExportSettings:
+    """The `export:` section: where to write, the URL the files will be served from, wandb artifact or not."""
+
+    dir: str = "exports"
+    url: str | None = None
+    artifact: bool = True
 
 
 @dataclass(frozen=True)
@@ -80,15 +89,20 @@ def build_entry(parts: RunConfig, metrics: dict[str, float], file: str, digest: 
     }
 
 
-def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
+def export_config(cfg: DictConfig) -> tuple[RunConfig, ExportSettings]:
+    """The cell's typed run config and the `export:` settings, checked once at the entry."""
+    from benchmark.run.config import build_run_config, typed_section
+
+    return build_run_config(cfg), typed_section(ExportSettings, cfg.export, "export")
+
+
+def export_cell(parts: RunConfig, settings: ExportSettings, device: torch.device) -> Exported:
     """Obtain (cache or train), evaluate and write the cell's backdoored model and its registry entry."""
     from attacks.poison import triggered_test
     from benchmark.core.evaluate import evaluate
     from benchmark.run.cell import prepare_data
-    from benchmark.run.config import build_run_config
     from benchmark.run.model import obtain_model
 
-    parts = build_run_config(cfg)
     parts.model = dataclasses.replace(parts.model, source="train")  # export our own model, never a zoo one
     data = prepare_data(parts, device)
     model, source, _ = obtain_model(parts, data, device)
@@ -97,7 +111,7 @@ def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
     c = parts.cell
     key = f"{c['dataset']}/{c['arch']}/{c['attack']}"
     name = f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}"
-    out = Path(cfg.export.dir).expanduser()
+    out = Path(settings.dir).expanduser()
     ckpt = out / f"{name}.pt"
     net = getattr(model, "net", model)
     blob = {
@@ -108,7 +122,7 @@ def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
     atomic_torch_save(blob, ckpt)
     ckpt.chmod(0o644)  # to be served by a web server: readable by others, unlike a private temp file
     digest = sha256_file(ckpt)
-    entry = build_entry(parts, metrics, ckpt.name, digest, cfg.export.url)
+    entry = build_entry(parts, metrics, ckpt.name, digest, settings.url)
     header = f"# Zoo entry for {ckpt.name}; paste into a registry file (model.zoo_files=[...]).\n"
     if entry["url"] is None:
         header += f"# Set `url` to where you host {ckpt.name} (or `gdrive: <file id>` instead of url).\n"
@@ -119,17 +133,15 @@ def export_cell(cfg: DictConfig, device: torch.device) -> Exported:
     return Exported(ckpt, entry_file, key, entry)
 
 
-def log_artifact(cfg: DictConfig, run_dir: Path, exported: Exported) -> None:
+def log_artifact(parts: RunConfig, settings: ExportSettings, run_dir: Path, exported: Exported) -> None:
     """With logger=wandb: log the checkpoint and its entry as a wandb model artifact."""
-    from benchmark.run.loggers import LoggerConfig, WandbLogger, make_logger
+    from benchmark.run.loggers import WandbLogger, make_logger
 
-    logger_cfg = LoggerConfig(**{k: v for k, v in OmegaConf.to_container(cfg.logger).items() if k != "_target_"})
-    if logger_cfg.kind != "wandb" or not cfg.export.artifact:
+    if parts.logger.kind != "wandb" or not settings.artifact:
         return
     import wandb
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    logger = make_logger(logger_cfg, run_dir, exported.checkpoint.stem, config, job_type="export")
+    logger = make_logger(parts.logger, run_dir, exported.checkpoint.stem, parts.resolved, job_type="export")
     try:
         assert isinstance(logger, WandbLogger)
         artifact = wandb.Artifact(exported.checkpoint.stem, type="model", metadata=exported.entry)
@@ -145,7 +157,8 @@ def log_artifact(cfg: DictConfig, run_dir: Path, exported: Exported) -> None:
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        log_artifact(cfg, run_dir, export_cell(cfg, runtime_from_config(cfg)))
+        parts, settings = export_config(cfg)  # typed and checked once, here at the door
+        log_artifact(parts, settings, run_dir, export_cell(parts, settings, start_runtime(parts)))
     except BenchmarkError as exc:
         log.error("%s", exc)
         sys.exit(2)

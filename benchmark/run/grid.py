@@ -24,12 +24,11 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from benchmark.run.key import CELL_FIELDS
 from benchmark.run.record import IGNORED_KEYS
 from benchmark.run.runtime import CONF_DIR
 
 log = logging.getLogger("benchmark")
-
-COORDINATES = ("dataset", "arch", "attack", "defense", "seed")  # what the default subdir already spells
 
 
 def grid_values(config: DictConfig) -> dict[str, list[str]]:
@@ -92,7 +91,7 @@ def swept_settings(config: DictConfig) -> list[str]:
         key
         for key, values in grid_values(config).items()
         if len(set(values)) > 1
-        and key not in COORDINATES
+        and key not in CELL_FIELDS  # the default subdir spells them
         and "/" not in key  # hydra/launcher=... and the like choose how cells run, not what they compute
         and not key.startswith("hydra.")
         and not _ignored(key)

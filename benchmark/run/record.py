@@ -16,6 +16,7 @@ import torch
 import benchmark
 from benchmark.core.evaluate import Metrics, der
 from benchmark.core.io import atomic_write_json, atomic_write_text
+from benchmark.run.key import CELL_FIELDS
 
 SCHEMA = 1
 
@@ -122,7 +123,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 RESULT_KEYS = ("schema", "cell", "model_source", "before", "after", "der", "defense_info", "timing_s", "config")
-CELL_KEYS = ("attack", "dataset", "arch", "defense", "seed")
 METRIC_KEYS = ("clean_acc", "asr", "robust_acc")
 
 
@@ -140,8 +140,8 @@ def result_problems(result: Any) -> list[str]:
     if result.get("schema") != SCHEMA:
         problems.append(f"schema={result.get('schema')!r}, expected {SCHEMA}")
     cell = result.get("cell")
-    if not isinstance(cell, dict) or any(k not in cell for k in CELL_KEYS):
-        problems.append(f"cell needs {', '.join(CELL_KEYS)}")
+    if not isinstance(cell, dict) or any(k not in cell for k in CELL_FIELDS):
+        problems.append(f"cell needs {', '.join(CELL_FIELDS)}")
     for phase in ("before", "after"):
         metrics = result.get(phase)
         if not isinstance(metrics, dict):

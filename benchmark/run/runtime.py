@@ -7,26 +7,25 @@ from __future__ import annotations
 
 import os
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 
 from benchmark import CONF_DIR
 from benchmark.core.errors import ConfigError
-from benchmark.core.precision import PRECISIONS, Precision, cpu_name, warn_if_slow
+from benchmark.core.precision import Precision, cpu_name, warn_if_slow
+
+if TYPE_CHECKING:
+    from benchmark.run.config import RunConfig
 
 __all__ = [
     "CONF_DIR",
-    "check_settings",
-    "runtime_from_config",
     "runtime_info",
     "select_device",
     "setup_runtime",
+    "start_runtime",
 ]
-
-SEED_RANGE = (0, 2**32 - 1)  # numpy's seed range: every stream of a run comes from this one value
 
 
 def select_device(name: str) -> torch.device:
@@ -89,35 +88,9 @@ def setup_runtime(
     return device
 
 
-def _int_in(value: Any, name: str, lo: int, hi: int | None = None) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (hi is not None and value > hi):
-        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
-        raise ConfigError(f"{name}={value!r} is invalid: expected {allowed}")
-    return value
-
-
-def check_settings(cfg: DictConfig) -> dict[str, Any]:
-    """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
-    threads = cfg.get("threads")
-    precision, resume = cfg.get("precision", "auto"), cfg.get("resume", True)
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision={precision!r} is invalid: choose from {', '.join(PRECISIONS)}")
-    if not isinstance(resume, bool):
-        raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
-    return {
-        "seed": _int_in(cfg.get("seed", 0), "seed", *SEED_RANGE),
-        "threads": None if threads is None else _int_in(threads, "threads", 1),
-        "device": str(cfg.get("device", "auto")),
-        "precision": precision,
-        "resume": resume,
-        "sweep_name": str(cfg.get("sweep_name", "default")),
-    }
-
-
-def runtime_from_config(cfg: DictConfig, device_name: str | None = None) -> torch.device:
-    """`setup_runtime` with the config's checked seed, device (unless a sweep job claimed one), threads, precision."""
-    s = check_settings(cfg)
-    return setup_runtime(s["seed"], device_name or s["device"], s["threads"], s["precision"])
+def start_runtime(rc: RunConfig, device_name: str | None = None) -> torch.device:
+    """`setup_runtime` with the run config's seed, device (unless a sweep job claimed one), threads, precision."""
+    return setup_runtime(rc.seed, device_name or rc.device, rc.threads, rc.precision)
 
 
 def runtime_info(device: torch.device, precision: Precision) -> dict[str, Any]:

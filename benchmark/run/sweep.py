@@ -19,6 +19,7 @@ A sweep directory is a small results store keyed by cell, `<sweep>/<dataset>/<ar
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -32,12 +33,14 @@ from typing import Any
 
 import torch
 from filelock import FileLock, Timeout
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.core.io import atomic_write_json
+from benchmark.run.config import RunConfig, build_run_config
+from benchmark.run.key import CELL_FIELDS, partial_cell
 from benchmark.run.record import SCHEMA, clean_floats, config_changes, result_problems, versions
-from benchmark.run.runtime import check_settings, runtime_from_config
+from benchmark.run.runtime import start_runtime
 
 log = logging.getLogger("benchmark")
 
@@ -73,9 +76,11 @@ def set_aside(run_dir: Path) -> None:
 
 def cell_of(cfg: DictConfig) -> dict[str, Any]:
     """The cell's coordinates, read leniently (the config may be the reason the cell failed)."""
-    keys = {"attack": "attack.name", "dataset": "dataset.name", "arch": "arch.name", "defense": "defense.name"}
-    cell = {k: OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False) for k, path in keys.items()}
-    return {**cell, "seed": OmegaConf.select(cfg, "seed", default=None, throw_on_resolution_failure=False)}
+
+    def read(path: str) -> Any:
+        return OmegaConf.select(cfg, path, default=None, throw_on_resolution_failure=False)
+
+    return partial_cell({k: read(k if k == "seed" else f"{k}.name") for k in CELL_FIELDS})
 
 
 def record_failure(run_dir: Path, cfg: DictConfig, exc: BaseException, seconds: float) -> Path:
@@ -146,11 +151,13 @@ def claimed_device(name: str, job_num: int, lock_dir: Path, poll_s: float = 5.0)
         time.sleep(poll_s)
 
 
-def default_wandb_group(cfg: DictConfig, sweep_dir: Path) -> None:
+def with_wandb_group(rc: RunConfig, sweep_dir: Path) -> RunConfig:
     """wandb runs of one sweep share a group named after the sweep directory (unless logger.group is set)."""
-    if cfg.logger.get("kind") == "wandb" and not cfg.logger.get("group"):
-        with open_dict(cfg):
-            cfg.logger.group = Path(sweep_dir).name
+    if rc.logger.kind != "wandb" or rc.logger.group:
+        return rc
+    group = Path(sweep_dir).name
+    resolved = {**rc.resolved, "logger": {**rc.resolved.get("logger", {}), "group": group}}
+    return dataclasses.replace(rc, logger=dataclasses.replace(rc.logger, group=group), resolved=resolved)
 
 
 def cell_lock(run_dir: Path, sweep_dir: Path) -> FileLock:
@@ -192,20 +199,20 @@ def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path
 def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path) -> str:
     start = time.perf_counter()
     try:
-        settings = check_settings(cfg)
-        if settings["resume"]:
-            done, why = resume_check(run_dir, OmegaConf.to_container(cfg, resolve=True))
+        rc = build_run_config(cfg)  # typed and checked once, here at the job's door
+        if rc.resume:
+            done, why = resume_check(run_dir, rc.resolved)
             if done:
                 log.info("resume: skipping %s: %s", run_dir, why)
                 return "skipped"
             if (run_dir / RESULT).exists():
                 log.warning("resume: rerunning %s: %s", run_dir, why)
         set_aside(run_dir)
-        default_wandb_group(cfg, sweep_dir)
+        rc = with_wandb_group(rc, sweep_dir)
         from benchmark.run.cell import run_cell  # imported here: a skipped cell needs none of it (saves seconds)
 
-        with claimed_device(settings["device"], job_num, Path(sweep_dir) / ".locks") as device_name:
-            run_cell(cfg, run_dir, runtime_from_config(cfg, device_name))  # which also makes it the current GPU
+        with claimed_device(rc.device, job_num, Path(sweep_dir) / ".locks") as device_name:
+            run_cell(rc, run_dir, start_runtime(rc, device_name))  # which also makes it the current GPU
         return "done"
     except Exception as exc:  # one broken cell must not cost the others their results
         if isinstance(exc, BenchmarkError):
