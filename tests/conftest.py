@@ -16,12 +16,13 @@ from attacks.base import Attack, AttackContext
 from attacks.poison import poison_train, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
-from benchmark.core.data import load_dataset, make_splits
+from benchmark.core.data import make_splits
 from benchmark.core.evaluate import evaluate
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.runtime import CONF_DIR, setup_runtime
+from benchmark.sources import load_dataset
 from tests.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)

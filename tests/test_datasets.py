@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.core.data import ImageSet, load_dataset, make_splits
-from benchmark.core.data.idx import read_idx, write_idx
-from benchmark.core.data.loaders import DEBIAN_FASHION_MNIST
+from benchmark.core.data import ImageSet, make_splits
 from benchmark.core.errors import ConfigError, DataMissingError
+from benchmark.sources import load_dataset
+from benchmark.sources.idx import read_idx, write_idx
+from benchmark.sources.loaders import DEBIAN_FASHION_MNIST
 
 
 def test_embedded_subset_is_real_balanced_fashion_mnist() -> None:

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from attacks.badnets import BadNets
-from benchmark.core.data import load_dataset
-from benchmark.core.data.loaders import read_batch
-from benchmark.core.data.source import FileSpec, Source, default_files
-from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError
 from benchmark.core.errors import DataMissingError
+from benchmark.sources import load_dataset
+from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError
+from benchmark.sources.loaders import read_batch
+from benchmark.sources.source import FileSpec, Source, default_files
 from benchmark.weights.zoo import ModelSource, load_registry, model_from_zoo
 from tests import standins
 from tests.fileserver import FileServer

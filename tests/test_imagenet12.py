@@ -13,11 +13,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.core.data import imagenet12, load_dataset
-from benchmark.core.data.source import Source, default_files
-from benchmark.core.download.archives import UnsafeArchiveError
-from benchmark.core.download.fetch import GDRIVE_ENV
 from benchmark.core.errors import DataMissingError
+from benchmark.sources import imagenet12, load_dataset
+from benchmark.sources.archives import UnsafeArchiveError
+from benchmark.sources.fetch import GDRIVE_ENV
+from benchmark.sources.source import Source, default_files
 from tests.fileserver import FileServer
 
 ID = default_files("imagenet12")["archive"].gdrive

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.core.data.images import ImageSet
-from benchmark.core.data.source import OFFLINE_HINT, Source
 from benchmark.core.errors import ConfigError, DataMissingError
+from benchmark.sources.source import OFFLINE_HINT, Source
 
 __all__ = [
     "OFFLINE_HINT",

@@ -4,8 +4,8 @@ Each downloading dataset names its archives in `conf/dataset/<name>.yaml` under 
 (`archive`; GTSRB: `train`, `test_images`, `test_gt`) with `url` (or `gdrive`, a Google Drive id), `md5`
 (what the publisher or torchvision pins) and `sha256` (null: recorded on first fetch). A top-level `mirror`
 replaces everything before the file name of every URL, so a lab mirror needs one setting. Archives are
-fetched through `benchmark.core.download.fetch` (resumable, verified, atomic) and extracted through
-`benchmark.core.download.archives` (checked, atomic); a damaged archive is deleted with a clear message.
+fetched through `benchmark.sources.fetch` (resumable, verified, atomic) and extracted through
+`benchmark.sources.archives` (checked, atomic); a damaged archive is deleted with a clear message.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 import yaml
 
 from benchmark import CONF_DIR
-from benchmark.core.download.archives import DamagedArchiveError, extract_many
-from benchmark.core.download.fetch import Fetched, FetchError, Remote, check_md5, check_sha256, fetch, meta_path
 from benchmark.core.errors import ConfigError, DataMissingError
+from benchmark.sources.archives import DamagedArchiveError, extract_many
+from benchmark.sources.fetch import Fetched, FetchError, Remote, check_md5, check_sha256, fetch, meta_path
 
 OFFLINE_HINT = "For an offline run on embedded data use: python -m benchmark experiment=quickstart"
 
