@@ -38,9 +38,9 @@ import torch
 from torch.nn import functional as F
 
 from benchmark.core.data import ImageSet
-from benchmark.core.data.idx import idx_pair
-from benchmark.core.data.loaders import DEBIAN_FASHION_MNIST, EMBEDDED_DIR
 from benchmark.core.io import atomic_write_json, atomic_write_text, honour_umask
+from benchmark.sources.idx import idx_pair
+from benchmark.sources.loaders import DEBIAN_FASHION_MNIST, EMBEDDED_DIR
 
 DEFENSES = ("none", "rnp", "anp", "fp", "clp", "nad", "ft", "ibau")
 MAX_CLEAN_COST = 0.10  # the bar the table marks: a defense that loses more clean accuracy on the stand-in

@@ -17,12 +17,14 @@ from attacks.base import Attack, AttackContext
 from attacks.poison import poison_train, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
-from benchmark.core.data import load_dataset, make_splits
+from benchmark.core.data import make_splits
 from benchmark.core.evaluate import evaluate
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.runtime import CONF_DIR, start_runtime
+from benchmark.sources import load_dataset
+from benchmark.sources.source import Source, file_specs
 from tests.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)
@@ -46,6 +48,12 @@ def group_options(group: str) -> list[str]:
 def compose_cfg(overrides: list[str]) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def composed_source(dataset: str, *overrides: str) -> Source:
+    """What a loader of `dataset` is given in a run: its composed `dataset` config, as `prepare_data` passes it."""
+    ds = build_run_config(compose_cfg([f"dataset={dataset}", *overrides])).dataset
+    return Source(ds.download, file_specs(ds.files), ds.mirror, ds.size)
 
 
 def run_composed_cell(overrides: list[str], run_dir: Path) -> dict:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmark.core.data import load_dataset
+from benchmark.sources import load_dataset
 
 RNP_FILE = "ResNet18-ResNet-BadNets-target0-portion0.1-epoch80.tar"
 WNIDS = ["n01443537", "n01491361", "n01531178", "n01644373", "n02104029", "n02119022",

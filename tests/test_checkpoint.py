@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from benchmark.core.archs import build_arch
-from benchmark.core.download.archives import UnsafeArchiveError, extract, sniff
+from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,

@@ -9,10 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.core.data import ImageSet, load_dataset, make_splits
-from benchmark.core.data.idx import read_idx, write_idx
-from benchmark.core.data.loaders import DEBIAN_FASHION_MNIST
+from benchmark.core.data import ImageSet, make_splits
 from benchmark.core.errors import ConfigError, DataMissingError
+from benchmark.sources import Source, load_dataset
+from benchmark.sources.idx import read_idx, write_idx
+from benchmark.sources.loaders import DEBIAN_FASHION_MNIST
+from tests.conftest import composed_source
 
 
 def test_embedded_subset_is_real_balanced_fashion_mnist() -> None:
@@ -50,9 +52,15 @@ def test_unknown_dataset_names_the_choices() -> None:
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "gtsrb"])
 def test_missing_dataset_without_download_explains_what_to_do(name: str, tmp_path: Path) -> None:
     with pytest.raises(DataMissingError) as err:
-        load_dataset(name, tmp_path, download=False)
+        load_dataset(name, tmp_path, composed_source(name, "dataset.download=false"))
     msg = str(err.value)
     assert name in msg and str(tmp_path / name) in msg and "experiment=quickstart" in msg
+
+
+def test_archives_come_from_the_composed_config_only(tmp_path: Path) -> None:
+    """No conf/dataset/*.yaml read by hand: a source without `dataset.files` names the missing setting."""
+    with pytest.raises(ConfigError, match=r"dataset cifar10: dataset\.files has no 'archive' entry"):
+        load_dataset("cifar10", tmp_path, Source(download=False))
 
 
 def test_missing_cifar10_with_download_fails_fast_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -63,7 +71,7 @@ def test_missing_cifar10_with_download_fails_fast_offline(tmp_path: Path, monkey
     monkeypatch.setattr(socket.socket, "connect", no_network)
     start = time.perf_counter()
     with pytest.raises(DataMissingError) as err:
-        load_dataset("cifar10", tmp_path, download=True)
+        load_dataset("cifar10", tmp_path, composed_source("cifar10"))
     assert time.perf_counter() - start < 10
     msg = str(err.value)
     assert "Download failed" in msg and "cifar-10-python.tar.gz" in msg and str(tmp_path / "cifar10") in msg

@@ -17,13 +17,14 @@ import pytest
 import torch
 
 from attacks.badnets import BadNets
-from benchmark.core.data import load_dataset
-from benchmark.core.data.loaders import read_batch
-from benchmark.core.data.source import FileSpec, Source, default_files
-from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError
 from benchmark.core.errors import DataMissingError
+from benchmark.sources import load_dataset
+from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError
+from benchmark.sources.loaders import read_batch
+from benchmark.sources.source import FileSpec, Source
 from benchmark.weights.zoo import ModelSource, load_registry, model_from_zoo
 from tests import standins
+from tests.conftest import composed_source
 from tests.fileserver import FileServer
 from tests.test_cli import run_cli
 
@@ -45,7 +46,7 @@ def blobs() -> dict[str, bytes]:
         f"gdrive/{RNP_ID}": standins.rnp_checkpoint(),
     }
     out |= {f"erda/{k}": v for k, v in standins.gtsrb_archives().items()}
-    out[f"gdrive/{default_files('imagenet12')['archive'].gdrive}"] = standins.imagenet12_archive()
+    out[f"gdrive/{composed_source('imagenet12').files['archive'].gdrive}"] = standins.imagenet12_archive()
     return out
 
 
@@ -64,7 +65,7 @@ def source(srv: FileServer, dataset: str, mirror: str, **over: object) -> Source
     """The dataset's configured files with the stand-ins' md5s pinned instead of the published ones."""
     files = {
         role: FileSpec(url=s.url, gdrive=s.gdrive, md5=md5(srv.files[f"{mirror}/{s.name}"]), sha256=s.sha256)
-        for role, s in default_files(dataset).items()
+        for role, s in composed_source(dataset).files.items()
     }
     return Source(True, files, f"{srv.base}/{mirror}", **over)  # type: ignore[arg-type]
 
@@ -111,7 +112,7 @@ def test_a_batch_naming_other_code_is_refused(tmp_path: Path) -> None:
 
 def test_wrong_md5_stops_and_leaves_nothing_behind(server, tmp_home) -> None:
     src = source(server, "cifar10", "kriz")
-    bad = {"archive": FileSpec(url=src.files["archive"].url, md5=default_files("cifar10")["archive"].md5)}
+    bad = {"archive": FileSpec(url=src.files["archive"].url, md5=composed_source("cifar10").files["archive"].md5)}
     with pytest.raises(ChecksumError, match=r"has md5 [0-9a-f]{32}, but c58f30108f718f92721af3b95e74349a is pinned"):
         load_dataset("cifar10", tmp_home / "data", Source(True, bad, src.mirror))
     assert data_files(tmp_home / "data" / "cifar10") == ["cifar-10-python.tar.gz.lock"]
@@ -120,7 +121,8 @@ def test_wrong_md5_stops_and_leaves_nothing_behind(server, tmp_home) -> None:
 def test_truncated_archive_without_a_pinned_hash_is_deleted_with_a_clear_message(server, tmp_home) -> None:
     body = server.files["kriz/cifar-10-python.tar.gz"]
     server.files["kriz/cifar-10-python.tar.gz"] = body[: len(body) // 2]
-    src = Source(True, {"archive": FileSpec(url=default_files("cifar10")["archive"].url)}, f"{server.base}/kriz")
+    url = composed_source("cifar10").files["archive"].url
+    src = Source(True, {"archive": FileSpec(url=url)}, f"{server.base}/kriz")
     with pytest.raises(DataMissingError, match=r"cifar-10-python\.tar\.gz is damaged .* It was deleted"):
         load_dataset("cifar10", tmp_home / "data", src)
     assert data_files(tmp_home / "data" / "cifar10") == ["cifar-10-python.tar.gz.lock"]
@@ -142,7 +144,7 @@ def test_gtsrb_three_zips_in_torchvision_layout(server, tmp_home) -> None:
 
 def test_imagenet12_at_a_reduced_size(server, tmp_home, monkeypatch) -> None:
     monkeypatch.setenv(GDRIVE_ENV, server.base + "/gdrive/{id}")
-    train, test = load_dataset("imagenet12", tmp_home / "data", Source(True, size=48))
+    train, test = load_dataset("imagenet12", tmp_home / "data", composed_source("imagenet12", "dataset.size=48"))
     assert train.x.shape == (120, 3, 48, 48) and test.x.shape == (48, 3, 48, 48)
     assert train.y.tolist()[::10] == list(range(12))  # sorted wnid folders -> classes
     assert (tmp_home / "data" / "imagenet12" / "imagenet12_48.pt").exists()
@@ -188,7 +190,7 @@ def cli(server: FileServer, home: Path, run_dir: Path, *args: str):
         m = mirror[dataset]
         pins = [f"mirror={server.base}/{m}"] + [
             f"dataset.files.{role}.md5={md5(server.files[f'{m}/{s.name}'])}"
-            for role, s in default_files(dataset).items()
+            for role, s in composed_source(dataset).files.items()
         ]
     # PYTHONPATH: this checkout's code, not whichever copy is installed (the CLI runs in `home`)
     env = {GDRIVE_ENV: server.base + "/gdrive/{id}", "HYDRA_FULL_ERROR": None, "PYTHONPATH": str(REPO)}

@@ -24,12 +24,12 @@ from filelock import FileLock
 from omegaconf import OmegaConf
 from torch import nn
 
-from benchmark.core.download.archives import UnsafeArchiveError, extract, sniff
-from benchmark.core.download.fetch import FetchError, Remote, fetch, meta_path
 from benchmark.core.errors import INTERRUPTED_EXIT
 from benchmark.report.table import read_cell
 from benchmark.run.record import content_digest, write_result
 from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
+from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
+from benchmark.sources.fetch import FetchError, Remote, fetch, meta_path
 from benchmark.weights.checkpoint import UnsafeCheckpointError
 from benchmark.weights.model_cache import load_or_train, sidecar_path
 from benchmark.weights.zoo import ZooEntry, locate
@@ -234,7 +234,7 @@ def test_dribbling_server_is_cut_off_with_a_clear_message(server, tmp_home: Path
 def test_unpinned_file_cached_from_another_source_is_fetched_again(server, tmp_home: Path, caplog) -> None:
     dest = tmp_home / "zoo" / "weights.pt"
     fetch(Remote(url=server.url("a.bin")), dest, None, quiet=True)
-    with caplog.at_level(logging.WARNING, logger="benchmark.core.download.fetch"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.sources.fetch"):
         got = fetch(Remote(url=server.url("b.bin")), dest, None, quiet=True)  # the entry's URL was fixed
     assert got.downloaded and dest.read_bytes() == b"B" * 5000 and server.gets("b.bin") == 1
     assert f"was fetched from {server.url('a.bin')}, but the source is now {server.url('b.bin')}" in caplog.text

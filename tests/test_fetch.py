@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError, FetchError, Remote, fetch, meta_path
 from benchmark.core.errors import ConfigError
+from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, Remote, fetch, meta_path
 from tests.fileserver import FileServer
 
 BODY = os.urandom(1_500_000)  # three of gdown's 512 KiB chunks, so a cut transfer leaves bytes to resume
@@ -44,7 +44,7 @@ def test_pinned_file_is_fetched_verified_cached_and_not_downloaded_twice(server,
 
 def test_unknown_hash_is_recorded_and_printed(server, tmp_home, caplog) -> None:
     dest = tmp_home / "zoo" / "w.bin"
-    with caplog.at_level(logging.WARNING, logger="benchmark.core.download.fetch"):
+    with caplog.at_level(logging.WARNING, logger="benchmark.sources.fetch"):
         got = fetch(Remote(url=server.url("w.bin")), dest, None, quiet=True)
     assert got.sha256 == SHA
     assert json.loads(meta_path(dest).read_text()) | {"pinned": False, "sha256": SHA} == json.loads(

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.core.download.archives import extract
 from benchmark.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, current_umask
+from benchmark.sources.archives import extract
 from benchmark.weights.model_cache import load_or_train
 
 ROOT = Path(__file__).resolve().parents[1]

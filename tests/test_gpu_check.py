@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from benchmark import gpu_check
-from benchmark.core.data.idx import idx_pair
-from benchmark.core.data.loaders import EMBEDDED_DIR
-from benchmark.core.data.registry import load_dataset
+from benchmark.sources import load_dataset
+from benchmark.sources.idx import idx_pair
+from benchmark.sources.loaders import EMBEDDED_DIR
 
 
 def test_the_standin_reads_back_as_cifar10_with_the_source_images(tmp_path: Path) -> None:

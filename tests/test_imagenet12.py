@@ -13,14 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.core.data import imagenet12, load_dataset
-from benchmark.core.data.source import Source, default_files
-from benchmark.core.download.archives import UnsafeArchiveError
-from benchmark.core.download.fetch import GDRIVE_ENV
 from benchmark.core.errors import DataMissingError
+from benchmark.sources import imagenet12, load_dataset
+from benchmark.sources.archives import UnsafeArchiveError
+from benchmark.sources.fetch import GDRIVE_ENV
+from benchmark.sources.source import Source
+from tests.conftest import composed_source
 from tests.fileserver import FileServer
 
-ID = default_files("imagenet12")["archive"].gdrive
+ID = composed_source("imagenet12").files["archive"].gdrive
+SOURCE = composed_source("imagenet12")
 CLASSES = ["n01440764", "n02102040", "n02979186"]  # synset-style folder names; labels follow sorted order
 
 
@@ -97,13 +99,13 @@ def drive(monkeypatch):
 def test_every_plausible_layout_loads_as_224_uint8_and_is_cached(layout: str, drive, tmp_home) -> None:
     drive.files[ID] = LAYOUTS[layout]()
     root = tmp_home / "data" / "imagenet12"
-    train, test = load_dataset("imagenet12", tmp_home / "data", True)
+    train, test = load_dataset("imagenet12", tmp_home / "data", SOURCE)
     assert train.x.shape == (6, 3, 224, 224) and test.x.shape == (3, 3, 224, 224)
     assert train.x.dtype == torch.uint8 and train.y.tolist() == [0, 0, 1, 1, 2, 2] and test.y.tolist() == [0, 1, 2]
     means = [float(train.x[train.y == k].float().mean()) for k in range(3)]
     assert means == sorted(means) and abs(means[0] - 40) < 3 and abs(means[2] - 200) < 3  # right image, right label
     assert (root / "imagenet12_224.pt").exists()
-    again, _ = load_dataset("imagenet12", tmp_home / "data", True)
+    again, _ = load_dataset("imagenet12", tmp_home / "data", SOURCE)
     assert torch.equal(again.x, train.x) and drive.gets(ID) == 1
 
 
@@ -119,7 +121,7 @@ def test_folders_extracted_by_hand_need_no_download(drive, tmp_home) -> None:
 def test_archive_escaping_its_folder_is_refused(drive, tmp_home) -> None:
     drive.files[ID] = _zip({**_tree(""), "../../evil.txt": b"x"})
     with pytest.raises(UnsafeArchiveError, match=r"'\.\./\.\./evil\.txt' would be written outside"):
-        load_dataset("imagenet12", tmp_home / "data", True)
+        load_dataset("imagenet12", tmp_home / "data", SOURCE)
     assert not list(tmp_home.rglob("evil.txt"))
 
 
@@ -128,13 +130,13 @@ def test_flat_val_folder_is_named(drive, tmp_home) -> None:
     tree |= {f"val/ILSVRC2012_val_{i:08d}.JPEG": _image(9, "JPEG") for i in range(3)}
     drive.files[ID] = _zip(tree)
     with pytest.raises(DataMissingError, match="holds images but no class folders"):
-        load_dataset("imagenet12", tmp_home / "data", True)
+        load_dataset("imagenet12", tmp_home / "data", SOURCE)
 
 
 def test_archive_without_train_and_val_says_what_it_holds(drive, tmp_home) -> None:
     drive.files[ID] = _zip({"photos/a.JPEG": _image(1, "JPEG")})
     with pytest.raises(DataMissingError, match=r"no train/ and val/ folders .* top level: photos"):
-        load_dataset("imagenet12", tmp_home / "data", True)
+        load_dataset("imagenet12", tmp_home / "data", SOURCE)
 
 
 def test_offline_fails_within_seconds_with_what_to_download_and_where(tmp_home, monkeypatch) -> None:
@@ -145,7 +147,7 @@ def test_offline_fails_within_seconds_with_what_to_download_and_where(tmp_home, 
     root = tmp_home / "data" / "imagenet12"
     start = time.perf_counter()
     with pytest.raises(DataMissingError) as err:
-        load_dataset("imagenet12", tmp_home / "data", True)
+        load_dataset("imagenet12", tmp_home / "data", SOURCE)
     assert time.perf_counter() - start < 10
     msg = str(err.value)
     assert f"https://drive.google.com/uc?id={ID}" in msg and f"save it as {root / 'imagenet12-archive'}" in msg
@@ -154,7 +156,7 @@ def test_offline_fails_within_seconds_with_what_to_download_and_where(tmp_home, 
 
 def test_download_false_and_nothing_there(tmp_home) -> None:
     with pytest.raises(DataMissingError, match=r"not found in .* and dataset\.download=false"):
-        load_dataset("imagenet12", tmp_home / "data", False)
+        load_dataset("imagenet12", tmp_home / "data", composed_source("imagenet12", "dataset.download=false"))
 
 
 def test_resnet18_imagenet_has_torchvision_layout_and_loads_its_checkpoints() -> None:

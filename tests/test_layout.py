@@ -1,4 +1,5 @@
-"""The floors hold: the methods stand on benchmark.core only, core imports nothing above it, no import cycles."""
+"""The floors hold: the methods stand on benchmark.core only, core imports nothing above it, getting data
+(benchmark.sources) sits beside the methods and never under them, no import cycles."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("benchmark", "attacks", "defenses")
-ABOVE_CORE = ("benchmark.weights", "benchmark.run", "benchmark.report", "benchmark.perf", "attacks", "defenses")
+ABOVE_SOURCES = ("benchmark.weights", "benchmark.run", "benchmark.report", "benchmark.perf", "attacks", "defenses")
+ABOVE_CORE = ("benchmark.sources", *ABOVE_SOURCES)
 
 
 def _module(path: Path) -> str:
@@ -39,6 +41,29 @@ def test_methods_import_only_the_core() -> None:
         if d.startswith("benchmark") and not d.startswith("benchmark.core") and d != "benchmark"
     ]
     assert not bad, f"attacks/ and defenses/ may import only benchmark.core: {bad}"
+
+
+def test_methods_never_import_the_sources() -> None:
+    """Downloading, archives and loaders are the harness's business: a method gets its images as tensors."""
+    bad = [
+        (m, d)
+        for m, deps in _imports().items()
+        if m.startswith(("attacks", "defenses"))
+        for d in deps
+        if d == "benchmark.sources" or d.startswith("benchmark.sources.")
+    ]
+    assert not bad, f"attacks/ and defenses/ import benchmark.sources: {bad}"
+
+
+def test_sources_stand_on_core_only() -> None:
+    bad = [
+        (m, d)
+        for m, deps in _imports().items()
+        if m == "benchmark.sources" or m.startswith("benchmark.sources.")
+        for d in deps
+        if d.startswith(ABOVE_SOURCES)
+    ]
+    assert not bad, f"benchmark/sources imports the floors above it (or the methods): {bad}"
 
 
 def test_core_imports_nothing_above_it() -> None:

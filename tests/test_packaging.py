@@ -54,7 +54,7 @@ def test_package_data_covers_every_config_and_data_file() -> None:
     data = SETUPTOOLS["package-data"]
     assert {p.suffix for p in (ROOT / "conf").rglob("*") if p.is_file()} == {".yaml"}  # all match **/*.yaml
     assert "**/*.yaml" in data["benchmark.conf"] and "*.yaml" in data["benchmark.conf"]
-    assert "fashion_mnist_subset/*.gz" in data["benchmark.core.data"]
+    assert "fashion_mnist_subset/*.gz" in data["benchmark.sources"]
     assert "targets.yaml" in data["benchmark.perf"]
 
 
@@ -73,7 +73,7 @@ def build_wheel(out: Path) -> Path:
 def packaged_files() -> set[str]:
     """What the wheel must hold besides code: every config, the embedded data, the perf targets."""
     confs = {f"benchmark/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
-    data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmark/core/data/fashion_mnist_subset").glob("*.gz")}
+    data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmark/sources/fashion_mnist_subset").glob("*.gz")}
     return confs | data | {"benchmark/perf/targets.yaml"}
 
 

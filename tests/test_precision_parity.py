@@ -40,11 +40,12 @@ from attacks.badnets import BadNets
 from attacks.poison import poison_train, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
-from benchmark.core.data import ImageSet, TriggeredSet, load_dataset
+from benchmark.core.data import ImageSet, TriggeredSet
 from benchmark.core.evaluate import Metrics, evaluate, predict
 from benchmark.core.precision import Precision
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.config import build_run_config
+from benchmark.sources import load_dataset
 from defenses.base import DefenseData
 from tests.budgets import BUDGETS
 from tests.conftest import compose_cfg, group_options

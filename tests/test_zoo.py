@@ -14,12 +14,12 @@ import yaml
 from hydra import compose, initialize_config_dir
 
 from benchmark.core.archs import build_arch
-from benchmark.core.download.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
 from benchmark.core.errors import ConfigError
 from benchmark.run.config import build_run_config
 from benchmark.run.export import export_cell, export_config, log_artifact
 from benchmark.run.model import new_model, zoo_settings
 from benchmark.run.runtime import setup_runtime
+from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
 from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
 from benchmark.weights.zoo import ZooMismatchError, load_registry, model_from_zoo
 from tests.conftest import CONF, FAST, compose_cfg

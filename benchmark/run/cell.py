@@ -18,8 +18,7 @@ from typing import Any
 import torch
 
 from attacks.poison import triggered_test
-from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, load_dataset, make_splits
-from benchmark.core.data.source import Source, file_specs
+from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, make_splits
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
@@ -29,6 +28,8 @@ from benchmark.run.model import CellData, Streams, obtain_model
 from benchmark.run.natural import natural_asr, natural_attacks, natural_record
 from benchmark.run.record import assemble_result, write_csv, write_result
 from benchmark.run.runtime import runtime_info
+from benchmark.sources import load_dataset
+from benchmark.sources.source import Source, file_specs
 from defenses.base import CurvePoint, DefenseData
 
 log = logging.getLogger(__name__)

@@ -25,11 +25,11 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from benchmark.core.download.fetch import sha256_file
 from benchmark.core.errors import BenchmarkError
 from benchmark.core.io import atomic_torch_save, atomic_write_text
 from benchmark.run.record import versions
 from benchmark.run.runtime import CONF_DIR, start_runtime
+from benchmark.sources.fetch import sha256_file
 
 if TYPE_CHECKING:
     from benchmark.run.config import RunConfig

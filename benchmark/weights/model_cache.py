@@ -23,8 +23,8 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from benchmark.core.download.fetch import sha256_file
 from benchmark.core.io import atomic_torch_save, atomic_write_json
+from benchmark.sources.fetch import sha256_file
 from benchmark.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,

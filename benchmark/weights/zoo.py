@@ -25,10 +25,10 @@ from torch import Tensor, nn
 
 from attacks.base import Attack
 from benchmark import CONF_DIR
-from benchmark.core.download.archives import UnsafeArchiveError, extract, sniff
-from benchmark.core.download.fetch import ChecksumError, Remote, check_sha256, fetch, sha256_file
 from benchmark.core.errors import BenchmarkError, ConfigError
 from benchmark.core.validation import Checked, bounded
+from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
+from benchmark.sources.fetch import ChecksumError, Remote, check_sha256, fetch, sha256_file
 from benchmark.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,

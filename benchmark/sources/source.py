@@ -3,9 +3,10 @@
 Each downloading dataset names its archives in `conf/dataset/<name>.yaml` under `files`, one entry per role
 (`archive`; GTSRB: `train`, `test_images`, `test_gt`) with `url` (or `gdrive`, a Google Drive id), `md5`
 (what the publisher or torchvision pins) and `sha256` (null: recorded on first fetch). A top-level `mirror`
-replaces everything before the file name of every URL, so a lab mirror needs one setting. Archives are
-fetched through `benchmark.core.download.fetch` (resumable, verified, atomic) and extracted through
-`benchmark.core.download.archives` (checked, atomic); a damaged archive is deleted with a clear message.
+replaces everything before the file name of every URL, so a lab mirror needs one setting. A loader gets all
+this as Hydra composed it (a `Source` built from the run config's `dataset`); nothing here reads the YAML.
+Archives are fetched through `benchmark.sources.fetch` (resumable, verified, atomic) and extracted through
+`benchmark.sources.archives` (checked, atomic); a damaged archive is deleted with a clear message.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from benchmark import CONF_DIR
-from benchmark.core.download.archives import DamagedArchiveError, extract_many
-from benchmark.core.download.fetch import Fetched, FetchError, Remote, check_md5, check_sha256, fetch, meta_path
 from benchmark.core.errors import ConfigError, DataMissingError
+from benchmark.sources.archives import DamagedArchiveError, extract_many
+from benchmark.sources.fetch import Fetched, FetchError, Remote, check_md5, check_sha256, fetch, meta_path
 
 OFFLINE_HINT = "For an offline run on embedded data use: python -m benchmark experiment=quickstart"
 
@@ -67,8 +65,8 @@ class Source:
             raise ConfigError(f"mirror={self.mirror!r} is invalid: expected an http:// or https:// URL, or null")
 
     def file(self, dataset: str, role: str) -> FileSpec:
-        """The spec of archive `role`: from this source, else from conf/dataset/<dataset>.yaml."""
-        spec = self.files.get(role) or default_files(dataset).get(role)
+        """The spec of archive `role`, as the composed `dataset.files` gives it."""
+        spec = self.files.get(role)
         if spec is None:
             raise ConfigError(f"dataset {dataset}: dataset.files has no {role!r} entry (url/gdrive, md5, sha256)")
         return spec
@@ -85,13 +83,6 @@ def file_specs(files: dict[str, Any] | None) -> dict[str, FileSpec]:
                 f"dataset.files.{role}={spec!r} is invalid: allowed keys are url, gdrive, md5, sha256"
             ) from None
     return out
-
-
-def default_files(dataset: str) -> dict[str, FileSpec]:
-    """The archives conf/dataset/<dataset>.yaml names (for loaders called without a composed config)."""
-    path = Path(CONF_DIR) / "dataset" / f"{dataset}.yaml"
-    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    return file_specs((data or {}).get("files"))
 
 
 def fetch_archive(source: Source, dataset: str, role: str, root: Path) -> Fetched:

@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmark.core.data.idx import idx_pair
 from benchmark.core.data.images import ImageSet
-from benchmark.core.data.registry import Loader, download_failed, missing, register_loader
-from benchmark.core.data.source import Source, extract_fetched, fetch_archive
 from benchmark.core.errors import ConfigError, DataMissingError
 from benchmark.core.io import atomic_torch_save
+from benchmark.sources.idx import idx_pair
+from benchmark.sources.registry import Loader, download_failed, missing, register_loader
+from benchmark.sources.source import Source, extract_fetched, fetch_archive
 
 EMBEDDED_DIR = Path(__file__).parent / "fashion_mnist_subset"
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

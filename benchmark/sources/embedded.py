@@ -1,6 +1,6 @@
 """Rebuild the vendored Fashion-MNIST subset (class-balanced) from a full copy of Fashion-MNIST.
 
-    python -m benchmark.core.data.embedded /usr/share/datasets/fashion-mnist
+    python -m benchmark.sources.embedded /usr/share/datasets/fashion-mnist
 
 The subset is real data small enough to ship (< 8 MB) so that the quickstart and the tests run offline.
 """
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from benchmark.core.data.idx import idx_pair, write_idx
 from benchmark.core.data.images import ImageSet
-from benchmark.core.data.loaders import EMBEDDED_DIR
+from benchmark.sources.idx import idx_pair, write_idx
+from benchmark.sources.loaders import EMBEDDED_DIR
 
 TRAIN_PER_CLASS = 1200
 TEST_PER_CLASS = 200

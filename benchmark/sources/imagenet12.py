@@ -21,13 +21,13 @@ import torch
 from PIL import Image
 
 from benchmark.core.data.images import ImageSet
-from benchmark.core.data.registry import OFFLINE_HINT, register_loader
-from benchmark.core.data.source import FileSpec, Source, extract_fetched
-from benchmark.core.download.archives import archive_stem, extract, sniff
-from benchmark.core.download.fetch import Fetched, FetchError, fetch
 from benchmark.core.errors import DataMissingError
 from benchmark.core.io import atomic_torch_save
 from benchmark.core.progress import Progress
+from benchmark.sources.archives import archive_stem, extract, sniff
+from benchmark.sources.fetch import Fetched, FetchError, fetch
+from benchmark.sources.registry import OFFLINE_HINT, register_loader
+from benchmark.sources.source import FileSpec, Source, extract_fetched
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.core.data.images import ImageSet
-from benchmark.core.data.source import OFFLINE_HINT, Source
 from benchmark.core.errors import ConfigError, DataMissingError
+from benchmark.sources.source import OFFLINE_HINT, Source
 
 __all__ = [
     "OFFLINE_HINT",
@@ -43,8 +43,8 @@ def loader_names() -> list[str]:
 def load_dataset(name: str, root: Path, download: bool | Source) -> tuple[ImageSet, ImageSet]:
     """Load `(train, test)` of dataset `name` from `root/<name>`, downloading it if allowed.
 
-    `download` is a `Source` (where from, which hashes, which size) or a bool: the archives the dataset's
-    config names, downloaded or not.
+    `download` is the `Source` built from the composed `dataset` config (where from, which hashes, which size),
+    or a bool for data that needs no archive named (the embedded subset, files already in place).
     """
     if name not in _LOADERS:
         raise ConfigError(f"Unknown dataset {name!r}; choose from {', '.join(loader_names())}")

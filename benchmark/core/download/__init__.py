@@ -1,1 +1,0 @@
-"""Fetching files (HTTP and Google Drive, resumable, sha256-checked) and extracting archives safely."""
