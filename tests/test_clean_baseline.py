@@ -17,7 +17,7 @@ from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.io import atomic_write_json
 from benchmark.report.published import load_registry, match, matches
-from benchmark.report.stats import T975, Paired, t_cdf, t_quantile
+from benchmark.report.stats import Paired, t_interval, t_quantile
 from benchmark.report.table import Stat
 from benchmark.report.write import write_report
 from benchmark.run.config import build_run_config
@@ -30,24 +30,27 @@ from tests.conftest import compose_cfg, group_options, run_composed_cell
 # --- intervals ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("df", range(1, 31))
-def test_t_table_agrees_with_the_integrated_t_density(df: int) -> None:
-    assert abs(t_cdf(T975[df - 1], df) - 0.975) < 2e-5  # the table's 4 decimals
+def test_t_quantile_matches_the_standard_table() -> None:
+    # two-sided 95% (t_{0.975}): df 1 -> 12.7062, 2 -> 4.3027, 30 -> 2.0423, 120 -> 1.9799; one-sided 95% at df 1
+    for df, expected in ((1, 12.7062), (2, 4.3027), (4, 2.7764), (30, 2.0423), (120, 1.9799)):
+        assert round(t_quantile(0.975, df), 4) == expected
+    assert round(t_quantile(0.95, 1), 3) == 6.314
+    assert t_quantile(0.975, 10**6) == pytest.approx(1.96, abs=1e-3)  # many seeds: the normal's 1.96
 
 
-def test_t_quantile_beyond_the_table_by_bisection() -> None:
-    # standard table values: df 40 -> 2.021, 60 -> 2.000, 120 -> 1.980; one-sided 95% at df 1 -> 6.314
-    for df, expected in ((40, 2.021), (60, 2.000), (120, 1.980)):
-        assert abs(t_quantile(0.975, df) - expected) < 1e-3
-    assert abs(t_quantile(0.95, 1) - 6.314) < 1e-3
+@pytest.mark.parametrize(("p", "df"), [(0.5, 2), (1.0, 2), (0.975, 0)])
+def test_t_quantile_refuses_what_an_upper_critical_value_is_not(p: float, df: int) -> None:
+    with pytest.raises(ValueError, match="t_quantile"):
+        t_quantile(p, df)
 
 
 def test_interval_of_three_seeds_by_hand() -> None:
     s = Stat.of([0.88, 0.90, 0.92])  # mean 0.90, s = 0.02
-    half = 4.3027 * 0.02 / math.sqrt(3)  # t(0.975, 2)
+    half = 4.302653 * 0.02 / math.sqrt(3)  # t(0.975, 2)
     assert s is not None and s.interval is not None
     assert s.interval.lo == pytest.approx(0.90 - half) and s.interval.hi == pytest.approx(0.90 + half)
     assert s.pct_interval() == "90.0 [85.0, 95.0]"
+    assert t_interval([0.88, 0.90, 0.92]) == s.interval and t_interval([0.5]) is None
     one = Stat.of([0.5])
     assert one is not None and one.interval is None and one.pct_interval() == "50.0"
 
@@ -63,7 +66,7 @@ def test_an_interval_of_rates_is_shown_within_0_and_100_percent() -> None:
 
 def test_paired_difference_uses_only_shared_seeds() -> None:
     p = Paired.of({0: 0.90, 1: 0.80, 2: 0.70}, {0: 0.85, 1: 0.80, 2: 0.60, 3: 0.5})  # diffs .05, 0, .10
-    half = 4.3027 * 0.05 / math.sqrt(3)
+    half = 4.302653 * 0.05 / math.sqrt(3)
     assert p is not None and p.n == 3 and p.mean == pytest.approx(0.05)
     assert p.interval is not None and p.interval.lo == pytest.approx(0.05 - half)
     assert p.points() == "+5.0 [−7.4, +17.4]"
@@ -301,7 +304,7 @@ def test_report_shows_the_clean_model_the_paired_difference_and_published_number
         root / "plots/clean_model_cifar10_resnet18.png"
     ).is_file() and "plots/clean_model_cifar10_resnet18.png" in md
     # RNP − ANP on badnets: CA diffs +2, 0, +4 points (mean 2, s 2); ASR diffs +5, 0, +10 (mean 5, s 5)
-    t2 = 4.3027
+    t2 = 4.302653  # t(0.975, 2)
     ca_half, asr_half = t2 * 2 / math.sqrt(3), t2 * 5 / math.sqrt(3)
     row = _table_row(md, "RNP − ANP, paired by seed (same backdoored model)", "badnets")
     assert row[0] == "3"

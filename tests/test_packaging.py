@@ -56,6 +56,8 @@ def test_package_data_covers_every_config_and_data_file() -> None:
     assert "**/*.yaml" in data["benchmark.conf"] and "*.yaml" in data["benchmark.conf"]
     assert "fashion_mnist_subset/*.gz" in data["benchmark.sources"]
     assert "targets.yaml" in data["benchmark.perf"]
+    assert {p.suffix for p in (ROOT / "benchmark/report/templates").iterdir()} == {".j2"}  # all match templates/*.j2
+    assert "templates/*.j2" in data["benchmark.report"]
 
 
 def build_wheel(out: Path) -> Path:
@@ -71,10 +73,10 @@ def build_wheel(out: Path) -> Path:
 
 
 def packaged_files() -> set[str]:
-    """What the wheel must hold besides code: every config, the embedded data, the perf targets."""
+    """What the wheel must hold besides code: every config, the embedded data, the perf targets, the page template."""
     confs = {f"benchmark/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
     data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmark/sources/fashion_mnist_subset").glob("*.gz")}
-    return confs | data | {"benchmark/perf/targets.yaml"}
+    return confs | data | {"benchmark/perf/targets.yaml", "benchmark/report/templates/report.html.j2"}
 
 
 @pytest.mark.slow
