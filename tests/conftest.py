@@ -22,9 +22,12 @@ from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.runtime import CONF_DIR, setup_runtime
+from studies import conf as studies_conf
 from tests.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)
+STUDIES_CONF = Path(studies_conf.__file__).parent  # the studies' presets, on the search path conf/config.yaml names
+CONF_DIRS = (CONF, STUDIES_CONF)
 
 # Shrinks any cell to seconds on the CPU: tiny net, 1 epoch, small data, short defense.
 FAST = [
@@ -39,7 +42,12 @@ FAST = [
 
 def group_options(group: str) -> list[str]:
     """Every option of a config group, from the YAML files (so new options are tested for free)."""
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted({p.stem for d in CONF_DIRS for p in (d / group).glob("*.yaml")})
+
+
+def option_file(group: str, option: str) -> Path:
+    """The YAML file of `group=option`, in conf/ or in the studies' config folder."""
+    return next(p for d in CONF_DIRS if (p := d / group / f"{option}.yaml").is_file())
 
 
 def compose_cfg(overrides: list[str]) -> DictConfig:

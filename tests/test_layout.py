@@ -1,4 +1,5 @@
-"""The floors hold: the methods stand on benchmark.core only, core imports nothing above it, no import cycles."""
+"""The floors hold: the methods stand on benchmark.core only, core imports nothing above it, the product never
+imports the studies, no import cycles."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("benchmark", "attacks", "defenses")
-ABOVE_CORE = ("benchmark.weights", "benchmark.run", "benchmark.report", "benchmark.perf", "attacks", "defenses")
+PRODUCT = ("benchmark", "attacks", "defenses")
+PACKAGES = (*PRODUCT, "studies")
+ABOVE_CORE = ("benchmark.weights", "benchmark.run", "benchmark.report", "attacks", "defenses", "studies")
 
 
 def _module(path: Path) -> str:
@@ -50,6 +52,12 @@ def test_core_imports_nothing_above_it() -> None:
         if d.startswith(ABOVE_CORE)
     ]
     assert not bad, f"benchmark/core imports the floors above it: {bad}"
+
+
+def test_the_product_never_imports_the_studies() -> None:
+    """Studies (scale study, perf, GPU check) stand on the product; the product runs without them."""
+    bad = [(m, d) for m, deps in _imports().items() if m.startswith(PRODUCT) for d in deps if d.startswith("studies")]
+    assert not bad, f"benchmark/, attacks/ and defenses/ may not import studies/: {bad}"
 
 
 def test_no_import_cycles() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.core.errors import DataMissingError
-from benchmark.report.scale import main, write_scale_report
+from studies.scale import main, write_scale_report
 from tests.conftest import run_composed_cell
 
 

@@ -5,7 +5,7 @@ what the generic report's coordinates do not hold (architecture width and stem, 
 writes `scale.csv` (one row per cell), `scale.md` (one row per point, mean over seeds, with the seeds' range)
 and `scale.png` (clean-accuracy cost and ASR after the defense against the model's parameter count).
 
-    python -m benchmark.report.scale outputs/multirun/scale_study
+    python -m studies.scale outputs/multirun/scale_study
 """
 
 from __future__ import annotations
@@ -238,11 +238,11 @@ class ScaleCallback(Callback):
             _, files = write_scale_report(root)
             log.info("scale report: %s", ", ".join(str(f) for f in files))
         except Exception:  # the cells' results are safe on disk; say how to redo the report
-            log.exception("scale report failed; rerun it with: python -m benchmark.report.scale %s", root)
+            log.exception("scale report failed; rerun it with: python -m studies.scale %s", root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.report.scale", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.scale", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a sweep dir (e.g. outputs/multirun/scale_study)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
