@@ -1,9 +1,10 @@
-"""The scale study's report (issue 18): does a mask defense's effect depend on the model's size?
+"""The scale study's report: does a mask defense's effect depend on the model's size?
 
 Reads every result.json under a sweep dir (`experiment=scale_study`, or any sweep), tells the points apart by
 what the generic report's coordinates do not hold (architecture width and stem, training images, epochs), and
 writes `scale.csv` (one row per cell), `scale.md` (one row per point, mean over seeds, with the seeds' range)
 and `scale.png` (clean-accuracy cost and ASR after the defense against the model's parameter count).
+What the study found: docs/scale_study.md.
 
     python -m studies.scale outputs/multirun/scale_study
 """
@@ -29,8 +30,8 @@ from benchmark.report.table import Cell, collect, to_csv
 
 log = logging.getLogger(__name__)
 
-# The target of issue 18: the backdoor removed at a clean-accuracy cost the RNP paper reports (< 1 point on
-# CIFAR-10; 3 points allowed here).
+# The study's target: the backdoor removed at a clean-accuracy cost like the one the RNP paper reports (under
+# a point on CIFAR-10; 3 points allowed here).
 MAX_ASR_AFTER = 0.10
 MAX_CA_COST = 0.03
 
@@ -125,7 +126,7 @@ class Point:
 
     @property
     def held(self) -> bool | None:
-        """Whether the defense met issue 18's target on average over the seeds (None: no defense ran)."""
+        """Whether the defense met the study's target on average over the seeds (None: no defense ran)."""
         asr, cost = self.mean("asr_after"), self.mean("ca_cost")
         if asr is None or cost is None or self.key["defense"] == "none":
             return None

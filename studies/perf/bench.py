@@ -90,7 +90,7 @@ class Workload:
 SIZES = {
     "full": Workload("full", 50_000, 10_000, 500, 128, 64, 3, 256, 1024, 5, 20, 20, 2000),
     # 2,560 clean + ~2,300 triggered test images per evaluation = 38 x 128 defense images, as 19,000 : 500
-    # eval batch 256: on the CPU smaller batches stay in cache (figures in the README's Performance section)
+    # eval batch 256: on the CPU smaller batches stay in cache (figures: docs/performance.md)
     "cpu-reduced": Workload("cpu-reduced", 4096, 2560, 128, 32, 16, 1, 128, 256, 2, 20, 20, 50),
     # tiny: width 8, the narrowest ResNet-18 torch 2.14.1 trains on the CPU with channels_last (4-7 crash there)
     "tiny": Workload("tiny", 256, 96, 64, 16, 8, 1, 64, 256, 1, 2, 2, 2),
