@@ -1,7 +1,8 @@
 """Benchmark harness for backdoor defenses on image classifiers.
 
 Floors, bottom up: `core` (what the methods in `attacks/` and `defenses/` stand on), `weights` (zoo,
-checkpoints, model cache), `run` (CLI, cell, sweeps, records), `report` and `perf`.
+checkpoints, model cache), `run` (CLI, cell, sweeps, records) and `report`. The studies (scale study, perf,
+GPU check) live apart, in the top-level `studies` package, which imports this one and is never imported by it.
 """
 
 from pathlib import Path

@@ -56,15 +56,15 @@ BUDGETS: dict[str, dict[str, Budget]] = {
     "defense": {
         "none": Budget(),
         "rnp": Budget(efficacy=("defense.recover_epochs=10",)),
-        # 100 of 2000 iterations, pruning the 20 lowest of the tiny net's 160 masks (12%): in a probe ASR 0.95 ->
-        # 0.004 (0.01 at 150, 0.13 at 300 iterations); the fixed threshold 0.2 prunes only 3-10 channels of a net
-        # this small.
+        # 100 of 2000 iterations, pruning the 20 lowest of the tiny net's 160 masks (12%): that removes the
+        # fixture's backdoor, while the fixed threshold 0.2 prunes too few channels of a net this small
+        # (docs/results.md).
         "anp": Budget(efficacy=("defense.iterations=100", "defense.selection=count", "defense.prune_count=20")),
         "fp": Budget(efficacy=("defense.epochs=10",)),
         "clp": Budget(),
-        "nad": Budget(efficacy=("defense.teacher_epochs=3", "defense.epochs=5")),  # of 10 / 20: ASR 0.95 -> 0.01
+        "nad": Budget(efficacy=("defense.teacher_epochs=3", "defense.epochs=5")),  # of 10 / 20: still removes it
         "ft": Budget(efficacy=("defense.epochs=10",)),
-        "ibau": Budget(efficacy=("defense.n_rounds=1",)),  # 1 of 5 rounds: ASR 0.95 -> 0.58 at lr 1e-4 (0.15 at 1e-3)
+        "ibau": Budget(efficacy=("defense.n_rounds=1",)),  # 1 of 5 rounds: lowers the ASR, not to 0
     },
     "dataset": {
         "embedded": Budget(),

@@ -25,7 +25,7 @@ from benchmark.run.model import clean_model_path, model_cache_path, new_model
 from benchmark.run.natural import compose_attack
 from benchmark.run.record import result_problems
 from benchmark.weights.checkpoint import weights_digest
-from tests.conftest import compose_cfg, group_options, run_composed_cell
+from tests.conftest import compose_cfg, group_options, option_file, run_composed_cell
 
 # --- intervals ---------------------------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ def _grid(preset: str) -> list[tuple[str, str]]:
     cfg = compose_cfg([f"experiment={preset}"])
     params = OmegaConf.select(cfg, "hydra.sweeper.params")
     if params is None:
-        raw = OmegaConf.load(Path(__file__).parent.parent / "conf" / "experiment" / f"{preset}.yaml")
+        raw = OmegaConf.load(option_file("experiment", preset))
         params = OmegaConf.select(raw, "hydra.sweeper.params")
     if params is None:
         return [(cfg.attack.name, cfg.defense.name)]

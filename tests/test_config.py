@@ -15,7 +15,7 @@ from benchmark.run.config import build_run_config, check_writable
 from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.model import new_model
 from benchmark.weights.zoo import load_registry
-from tests.conftest import CONF, compose_cfg, group_options
+from tests.conftest import CONF, CONF_DIRS, compose_cfg, group_options
 
 GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment"]
 
@@ -116,7 +116,9 @@ def test_every_preset_composes_with_every_arch_in_debug(preset: str, arch: str) 
         assert model(to_input(images)).shape == (2, rc.dataset.num_classes)
 
 
-@pytest.mark.parametrize("path", sorted((CONF / "experiment_arch").glob("*.yaml")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted(p for d in CONF_DIRS for p in (d / "experiment_arch").glob("*.yaml")), ids=lambda p: p.stem
+)
 def test_experiment_arch_files_name_a_preset_and_an_arch_and_apply(path: Path) -> None:
     archs = group_options("arch")
     preset, arch = next(

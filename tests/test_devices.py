@@ -218,8 +218,8 @@ def test_claims_release_their_gpu_and_leave_pinned_names_alone(fake_gpus, tmp_pa
 
 
 def test_the_perf_benchmark_names_a_missing_gpu_in_one_line(fake_gpus) -> None:
-    """`python -m benchmark.perf --device cuda:3` on a one-GPU machine: an error line, no traceback, no run."""
-    from benchmark.perf import bench
+    """`python -m studies.perf --device cuda:3` on a one-GPU machine: an error line, no traceback, no run."""
+    from studies.perf import bench
 
     fake_gpus(1)
     with pytest.raises(SystemExit) as stop:

@@ -311,7 +311,7 @@ def test_ctrl_c_in_a_sweep_names_the_sweep_and_says_a_rerun_resumes(tmp_path: Pa
 
 @pytest.mark.slow
 def test_ctrl_c_in_the_perf_benchmark(tmp_path: Path) -> None:
-    code, out = _interrupt(["benchmark.perf", "--size", "tiny", "--threads", "1"], tmp_path, "perf: measuring")
+    code, out = _interrupt(["studies.perf", "--size", "tiny", "--threads", "1"], tmp_path, "perf: measuring")
     assert code == INTERRUPTED_EXIT, out[-3000:]
     assert "Traceback" not in out and "KeyboardInterrupt" not in out
     (line,) = [ln for ln in out.splitlines() if ln.startswith("Interrupted (Ctrl-C)")]

@@ -1,4 +1,4 @@
-"""The GPU check (benchmark.gpu_check): its CIFAR-format stand-in and its whole path as a CPU smoke run."""
+"""The GPU check (studies.gpu_check): its CIFAR-format stand-in and its whole path as a CPU smoke run."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark import gpu_check
 from benchmark.sources import load_dataset
 from benchmark.sources.idx import idx_pair
 from benchmark.sources.loaders import EMBEDDED_DIR
+from studies import gpu_check
 
 
 def test_the_standin_reads_back_as_cifar10_with_the_source_images(tmp_path: Path) -> None:
@@ -56,5 +56,5 @@ def test_gpu_check_in_debug_mode_runs_every_defense_and_perf(tmp_home: Path, cap
     assert sum(r["model_source"] == "trained" for r in rows.values()) == 1  # one model, trained once, cached
     assert summary["perf"]["figures"]["train"]["images_per_s"] > 0
     text = capsys.readouterr().out
-    assert "| ibau |" in text and "Cells finished: 8 of 8" in text and "benchmark.perf" in text
+    assert "| ibau |" in text and "Cells finished: 8 of 8" in text and "studies.perf" in text
     assert (out / "gpu_check.md").read_text().startswith("# GPU check")

@@ -1,5 +1,6 @@
 """The floors hold: the methods stand on benchmark.core only, core imports nothing above it, getting data
-(benchmark.sources) sits beside the methods and never under them, no import cycles."""
+(benchmark.sources) sits beside the methods and never under them, the product never imports the studies, no
+import cycles."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("benchmark", "attacks", "defenses")
-ABOVE_SOURCES = ("benchmark.weights", "benchmark.run", "benchmark.report", "benchmark.perf", "attacks", "defenses")
+PRODUCT = ("benchmark", "attacks", "defenses")
+PACKAGES = (*PRODUCT, "studies")
+ABOVE_SOURCES = ("benchmark.weights", "benchmark.run", "benchmark.report", "attacks", "defenses", "studies")
 ABOVE_CORE = ("benchmark.sources", *ABOVE_SOURCES)
 
 
@@ -75,6 +77,12 @@ def test_core_imports_nothing_above_it() -> None:
         if d.startswith(ABOVE_CORE)
     ]
     assert not bad, f"benchmark/core imports the floors above it: {bad}"
+
+
+def test_the_product_never_imports_the_studies() -> None:
+    """Studies (scale study, perf, GPU check) stand on the product; the product runs without them."""
+    bad = [(m, d) for m, deps in _imports().items() if m.startswith(PRODUCT) for d in deps if d.startswith("studies")]
+    assert not bad, f"benchmark/, attacks/ and defenses/ may not import studies/: {bad}"
 
 
 def test_no_import_cycles() -> None:

@@ -1,5 +1,6 @@
 """The installed harness works without the checkout: the wheel carries the code, the configs (as
-`benchmark.conf`), the embedded data and the perf targets, and runs the quickstart from anywhere."""
+`benchmark.conf`), the embedded data, the studies with their presets and perf targets, and runs the quickstart
+from anywhere."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-CODE = ("benchmark", "attacks", "defenses")
+CODE = ("benchmark", "attacks", "defenses", "studies")
 # A quickstart cell shrunk to well under a minute (same code path, smaller data, net and defense).
 SMALL = [
     "experiment=quickstart",
@@ -55,9 +56,12 @@ def test_package_data_covers_every_config_and_data_file() -> None:
     assert {p.suffix for p in (ROOT / "conf").rglob("*") if p.is_file()} == {".yaml"}  # all match **/*.yaml
     assert "**/*.yaml" in data["benchmark.conf"] and "*.yaml" in data["benchmark.conf"]
     assert "fashion_mnist_subset/*.gz" in data["benchmark.sources"]
-    assert "targets.yaml" in data["benchmark.perf"]
     assert {p.suffix for p in (ROOT / "benchmark/report/templates").iterdir()} == {".j2"}  # all match templates/*.j2
     assert "templates/*.j2" in data["benchmark.report"]
+    studies_conf = {p.name if p.suffix == ".py" else p.suffix for p in (ROOT / "studies/conf").rglob("*.*")}
+    studies_conf -= {".pyc"}  # __pycache__
+    assert studies_conf == {".yaml", "__init__.py"} and "**/*.yaml" in data["studies.conf"]
+    assert "targets.yaml" in data["studies.perf"]
 
 
 def build_wheel(out: Path) -> Path:
@@ -73,10 +77,12 @@ def build_wheel(out: Path) -> Path:
 
 
 def packaged_files() -> set[str]:
-    """What the wheel must hold besides code: every config, the embedded data, the perf targets, the page template."""
+    """What the wheel must hold besides code: every config (the studies' too), the embedded data, the perf targets,
+    the page template."""
     confs = {f"benchmark/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    studies = {p.relative_to(ROOT).as_posix() for p in (ROOT / "studies" / "conf").rglob("*.yaml")}
     data = {p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmark/sources/fashion_mnist_subset").glob("*.gz")}
-    return confs | data | {"benchmark/perf/targets.yaml", "benchmark/report/templates/report.html.j2"}
+    return confs | studies | data | {"studies/perf/targets.yaml", "benchmark/report/templates/report.html.j2"}
 
 
 @pytest.mark.slow

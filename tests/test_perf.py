@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.perf import bench as perf
+from studies.perf import bench as perf
 
 
 def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -94,7 +94,7 @@ def test_bf16_trained_models_are_cached_apart_from_fp32_ones() -> None:
 @pytest.mark.parametrize(
     ("flags", "native"),
     [
-        ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4 EPYC (measured 1.6x fp32 training)
+        ("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni", True),  # AMD Zen 4 EPYC: AVX-512 BF16, no AMX
         ("fpu avx512f amx_bf16 amx_tile amx_int8", True),  # Intel Sapphire Rapids
         ("fpu sse2 avx2 avx512f avx512_vnni", False),  # AVX-512 without bf16: emulated
         ("fpu sse2 avx2 fma", False),

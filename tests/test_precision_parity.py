@@ -10,17 +10,15 @@ triggered non-target ones (ASR); the session fixture's 600 would make every stan
 - One score's binomial standard error sqrt(p(1-p)/n) is at most 0.011 for clean accuracy (p 0.4-0.8) and
   0.012 for ASR (worst case p = 0.5).
 - Both arms are scored on the same images, so their difference is paired, with standard error sqrt(d/n), d
-  the share of images on which the two models disagree. Measured fp32 against bf16: d = 0-3.5% after training,
-  FT, FP and I-BAU (SE <= 0.004), up to 22% after ANP or RNP prune 20 channels and 33% after NAD (SE <= 0.013).
-- fp32 against itself with another generator seed (the noise of any rerun) moves clean accuracy by 0.005-0.07
-  and ASR by 0.002-0.10 at these settings.
-CLEAN_TOL = 0.02 is 2-5 paired standard errors and within fp32's own seed-to-seed spread; ASR_TOL = 0.05 is
-4 standard errors of one ASR at its noisiest. Measured fp32-vs-bf16 gaps on this suite's AVX2 CPU: <= 0.008
-clean, <= 0.01 ASR; on a Xeon with AMX the same but for I-BAU's ASR (<= 0.022) and ANP. ANP at its efficacy
-budget does not hold parity reliably: its outcome hangs on which channels land among the 20 lowest masks, and
-bf16 swaps a few. On the AVX2 CPU seeds 0 and 1 stay within 0.004 but seed 2 misses the ASR bound (a marked
-row, KNOWN_GAPS); on the Xeon seeds 0 and 1 lose 0.035 clean accuracy (0.490 vs 0.452, 0.495 vs 0.463).
-fp32 alone moves 0.07-0.13 clean accuracy between those seeds.
+  the share of images on which the two models disagree: small after training, FT, FP and I-BAU, larger after
+  ANP, RNP or NAD, whose pruning or distillation flips more predictions (SE at most about 0.013).
+- fp32 against itself with another generator seed (the noise of any rerun) moves both scores by as much as the
+  tolerances below, or more.
+CLEAN_TOL = 0.02 is a few paired standard errors and within fp32's own seed-to-seed spread; ASR_TOL = 0.05 is
+4 standard errors of one ASR at its noisiest. The gaps seen stay well inside both on CPUs with and without
+native bf16, but for ANP at its efficacy budget, which does not hold parity reliably: its outcome hangs on
+which channels land among the 20 lowest masks, and bf16 swaps a few (a marked row, KNOWN_GAPS), while fp32
+alone moves clean accuracy more than that between seeds. Figures: docs/results.md.
 
 On a CPU without bf16 units (AVX2 only; `benchmark.core.precision.cpu_has_bf16_units`) autocast is emulated
 and the bf16 arm costs about 5x the fp32 one, so the fast rows are shorter than tests/budgets.py's efficacy
@@ -56,32 +54,30 @@ ASR_TOL = 0.05
 MOVED = 0.05  # a fast row's fp32 run must move clean acc + ASR by this much: a defense that did nothing proves nothing
 DEFENSES = group_options("defense")
 
-# Fast rows: fewer iterations than the efficacy budget, each still moving the fp32 outcome by MOVED or more.
-# In the comments, fp32 from the fixture's (clean acc 0.76, ASR 0.96) on the AVX2 CPU, with the defaults of
-# 2026-12 (NAD lr 0.01, I-BAU lr 1e-4).
+# Fast rows: fewer iterations than the efficacy budget, each still moving the fp32 outcome by MOVED or more
+# (how far each moves the fixture's model: docs/results.md).
 FAST: dict[str, tuple[str, ...]] = {
     "none": (),
-    "clp": (),  # data-free, all fp32: precision-independent by construction (the row keeps it so); ASR -> 0.21
-    "ft": ("defense.epochs=3",),  # of 100: ASR -> 0.63
-    "fp": ("defense.epochs=1",),  # pruning (fp32) + one fine-tuning epoch: clean -> 0.70, ASR -> 0.90
-    "nad": ("defense.teacher_epochs=1", "defense.epochs=1"),  # clean -> 0.48, ASR -> 0.09
-    "anp": ("defense.iterations=10", "defense.selection=count", "defense.prune_count=20"),  # ASR -> 0.002
-    "rnp": (  # unlearning stops short of 0.2 and masks barely recover: the 20 lowest are pruned; ASR -> 0.01
+    "clp": (),  # data-free, all fp32: precision-independent by construction (the row keeps it so)
+    "ft": ("defense.epochs=3",),  # of 100
+    "fp": ("defense.epochs=1",),  # pruning (fp32) + one fine-tuning epoch
+    "nad": ("defense.teacher_epochs=1", "defense.epochs=1"),
+    "anp": ("defense.iterations=10", "defense.selection=count", "defense.prune_count=20"),
+    "rnp": (  # unlearning stops short of 0.2 and masks barely recover: the 20 lowest are pruned
         "defense.unlearn_epochs=2",
         "defense.recover_epochs=2",
         "defense.selection=count",
         "defense.prune_count=20",
     ),
-    "ibau": ("defense.n_rounds=1", "defense.K=1"),  # ASR -> 0.59 (the hypergradient runs in fp32 anyway)
+    "ibau": ("defense.n_rounds=1", "defense.K=1"),  # the hypergradient runs in fp32 anyway
 }
 
-# Rows whose parity fails where the suite runs (name, speed, generator seed), each with its measured numbers:
-# marked, not hidden by a wider bound. A mark that starts passing (XPASS) fails the suite: drop it then.
+# Rows whose parity fails where the suite runs (name, speed, generator seed), each with why: marked, not
+# hidden by a wider bound. A mark that starts passing (XPASS) fails the suite: drop it then.
 KNOWN_GAPS: dict[tuple[str, str, int], str] = {
     ("anp", "slow", 2): (
-        "ANP (100 iterations, 20 lowest masks pruned), seed 2 on the AVX2 CPU: bf16 prunes 3 other channels of the "
-        "20 and leaves ASR 0.184 against fp32's 0.108 (clean 0.612 vs 0.620). Seeds 0 and 1 hold parity there "
-        "(ASR 0.004 vs 0.001, 0.016 both); on a Xeon (AMX) seeds 0 and 1 lost 0.035 clean accuracy instead"
+        "ANP (100 iterations, 20 lowest masks pruned), seed 2 on an AVX2 CPU: bf16 prunes other channels among "
+        "the 20 and leaves a higher ASR than fp32; seeds 0 and 1 hold parity there (docs/results.md)"
     ),
 }
 
@@ -188,9 +184,9 @@ def test_evaluation_in_bf16_matches_fp32(backdoored, full_test) -> None:
 
 
 # Backdoor training: the fixture's recipe (3 epochs) plants a barely-learned backdoor whose ASR is no stable
-# outcome: fp32 with other batch orders gave 0.92, 0.26 and 0.75 on one CPU, and bf16 0.77 against fp32's 0.96 on
-# another. Parity is judged after 5 epochs, where fp32 reaches ASR 1.00 and clean accuracy 0.793-0.797 for every
-# batch order tried, and bf16 0.794-0.795 (fp32 0.796-0.797 for the same order). Slow: ~80 s with emulated bf16.
+# outcome: it swings with the batch order and the CPU. Parity is judged after 5 epochs, where the backdoor has
+# taken fully and clean accuracy agrees across batch orders, in fp32 and bf16 alike (docs/results.md).
+# Slow: ~80 s with emulated bf16.
 TRAIN_RECIPE = TrainRecipe(epochs=5, batch_size=128, lr=0.05, warmup_epochs=0.5)
 
 

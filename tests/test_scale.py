@@ -1,4 +1,4 @@
-"""The scale study (issue 18): its report tells points apart by model size; the proxy presets keep RNP's
+"""The scale study (studies/): its report tells points apart by model size; the proxy presets keep RNP's
 direction: at the authors' settings (experiment=proxy: the backdoor removed at a large but bounded cost) and
 where the premise holds (experiment=proxy_premise: removed at a cost near the paper's)."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.core.errors import DataMissingError
-from benchmark.report.scale import main, write_scale_report
+from studies.scale import main, write_scale_report
 from tests.conftest import run_composed_cell
 
 
@@ -40,19 +40,17 @@ def test_scale_report_cli_names_a_dir_without_results(tmp_path: Path, capsys: py
     assert "is not a directory" in capsys.readouterr().err
 
 
-# RNP on experiment=proxy (seed 0), measured on a shared 2-core AMD EPYC (README, "Scale study"): clean acc
-# 0.909 -> 0.753 (cost 0.156), ASR 1.000 -> 0.000 (the test passed in 267 s there). The same point's
-# seeds 1 and 2 cost 0.162 and 0.501 (seed 2's unlearning ended at chance and recovery could not restore it),
-# so the cost bound allows that spread (a run on other hardware may take either branch); what it guards is the
-# direction: a defense that leaves the backdoor fails the ASR bound, one that destroys the model (cost ~0.8)
-# the cost bound.
+# RNP on experiment=proxy removes the backdoor at a large cost that varies by seed: where unlearning ends at
+# chance, recovery cannot restore it and the cost is several times larger (docs/scale_study.md). The cost bound
+# allows that spread (a run on other hardware may take either branch); what it guards is the direction: a
+# defense that leaves the backdoor fails the ASR bound, one that destroys the model the cost bound.
 PROXY_MAX_ASR_AFTER = 0.10
 PROXY_MAX_CA_COST = 0.60
 
 
 @pytest.mark.slow
 def test_proxy_rnp_removes_the_backdoor_at_a_bounded_cost(tmp_home: Path) -> None:
-    """experiment=proxy end to end (about 6 minutes on 2 shared cores): the backdoor takes, RNP removes it."""
+    """experiment=proxy end to end (minutes on a CPU): the backdoor takes, RNP removes it."""
     try:
         result = run_composed_cell(["experiment=proxy"], tmp_home / "proxy")
     except DataMissingError as exc:  # no Debian package and no network: say what is missing
@@ -64,21 +62,18 @@ def test_proxy_rnp_removes_the_backdoor_at_a_bounded_cost(tmp_home: Path) -> Non
     assert result["defense_info"]["unlearn"]["reached_threshold"]
 
 
-# RNP on experiment=proxy_premise (ResNet-18 width 16, 3 epochs, unlearning lr 0.001), measured on a shared
-# 2-core AMD EPYC (README, "Scale study"), seeds 0-2: clean-accuracy cost 0.027 / 0.039 / 0.050, ASR after
-# 0.027 / 0.016 / 0.097, 53 / 101 / 73 of 1,200 channels pruned; unlearning reached 0.2 after 14 epochs on
-# seed 0 and ended at 0.41 / 0.22 after 20 on seeds 1 and 2. The same three models with the authors' lr 0.01:
-# cost 0.59 / 0.63 / 0.50 (unlearning fell to 0.11-0.17 in 4 epochs, 273-297 channels pruned).
-# Unlike experiment=proxy, this point shows the paper's direction: the backdoor removed by pruning a few
-# percent of the channels at a clean-accuracy cost near the paper's. The bounds keep that with a margin for
-# another CPU's arithmetic (the test runs seed 0); RNP at the authors' lr 0.01 on these models fails them.
+# RNP on experiment=proxy_premise (ResNet-18 width 16, 3 epochs, unlearning lr 0.001): unlike
+# experiment=proxy, this point shows the paper's direction, the backdoor removed by pruning a few percent of
+# the channels at a clean-accuracy cost near the paper's, its unlearning descending gradually
+# (docs/scale_study.md). The bounds keep that with a margin for another CPU's arithmetic (the test runs
+# seed 0); RNP at the authors' lr 0.01 on these models collapses and fails them.
 PREMISE_MAX_ASR_AFTER = 0.10
 PREMISE_MAX_CA_COST = 0.08
 
 
 @pytest.mark.slow
 def test_proxy_premise_rnp_removes_the_backdoor_at_the_papers_cost(tmp_home: Path) -> None:
-    """experiment=proxy_premise end to end (about 15 minutes on one core): the backdoor takes, RNP removes it
+    """experiment=proxy_premise end to end (a quarter of an hour on one core): the backdoor takes, RNP removes it
     at a small clean-accuracy cost, its unlearning descending gradually to the threshold."""
     try:
         result = run_composed_cell(["experiment=proxy_premise"], tmp_home / "proxy_premise")

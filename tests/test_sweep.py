@@ -19,7 +19,7 @@ from benchmark.report.write import ReportCallback, write_report
 from benchmark.run.grid import missing_options, spelt_in, swept_settings
 from benchmark.run.sweep import claimed_device, config_changes, resume_check, run_sweep_cell
 from benchmark.weights.model_cache import load_or_train
-from tests.conftest import CONF, FAST, compose_cfg, group_options
+from tests.conftest import CONF, FAST, compose_cfg, group_options, option_file
 from tests.test_cli import run_cli
 
 # FAST shrunk further (a 300-image train set, width-4 net, 1 thread): the grid's 8 cells take ~3 s of
@@ -295,12 +295,12 @@ def test_grid_check_names_missing_options_before_the_sweep_starts() -> None:
 @pytest.mark.parametrize("preset", group_options("experiment"))
 def test_every_preset_names_its_sweep_dir(preset: str) -> None:
     """A preset's sweeps go to outputs/multirun/<preset>/, so rerunning one resumes it."""
-    assert OmegaConf.load(CONF / "experiment" / f"{preset}.yaml").sweep_name == preset
+    assert OmegaConf.load(option_file("experiment", preset)).sweep_name == preset
 
 
 @pytest.mark.parametrize("preset", ["rnp_cifar10", "rnp_imagenet12"])
 def test_paper_presets_hold_their_grid(preset: str) -> None:
-    spec = OmegaConf.load(CONF / "experiment" / f"{preset}.yaml")
+    spec = OmegaConf.load(option_file("experiment", preset))
     params = spec.hydra.sweeper.params
     assert set(params) == {"attack", "defense", "seed"}
     assert {"none", "rnp", "anp"} <= set(params.defense.split(","))

@@ -32,8 +32,8 @@ class Metrics:
 def for_inference(model: nn.Module, device: torch.device) -> nn.Module:
     """`model` in eval mode, on the CPU as a copy with every BatchNorm2d folded into the conv before it.
 
-    Folding drops a pass over every activation map (and, in bf16, BN's fp32 round trip between casts; the
-    speed-up measured on a CPU is in the README's Performance section). Tracing and folding cost a few percent
+    Folding drops a pass over every activation map (and, in bf16, BN's fp32 round trip between casts; its
+    speed-up on a CPU: docs/performance.md). Tracing and folding cost a few percent
     of one CPU test pass but more than they save on a GPU, so CUDA keeps the model as it is. Models FX cannot
     trace, and models with hooks (someone watches their modules), are kept too.
     """

@@ -4,8 +4,8 @@ Chosen once by the entry point from the config (`precision`) and passed to each 
 - `auto` (default): bf16 autocast on CUDA, plain fp32 on the CPU (where bf16 is slower on most machines);
 - `fp32`: no autocast anywhere;
 - `bf16`: bf16 autocast on the CPU too. It pays off only on CPUs that multiply bf16 natively: Intel AMX, or
-  AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake); the measured speed-ups are in the README's
-  Performance section. Elsewhere it is emulated and slower, so asking for it there logs a warning.
+  AVX-512 BF16 (AMD Zen 4 and later, Intel Cooper Lake); speed-ups in docs/performance.md. Elsewhere it is
+  emulated and slower, so asking for it there logs a warning.
 Results record the precision a cell ran in (`runtime` in result.json).
 """
 
@@ -80,8 +80,7 @@ def cpu_name() -> str:
 
 
 BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
-"""/proc/cpuinfo flags of native bf16 dot products (oneDNN uses either: 1.6x fp32's training speed measured
-on a Zen 4 EPYC with avx512_bf16, 1.6-3.6x on a Xeon with AMX)."""
+"""/proc/cpuinfo flags of native bf16 dot products (oneDNN uses either; both train faster than fp32)."""
 
 
 def has_bf16_flag(flags_line: str) -> bool:

@@ -1,4 +1,4 @@
-"""The reference RNP's way of running a cell, rebuilt only as the baseline of `benchmark.perf`.
+"""The reference RNP's way of running a cell, rebuilt only as the baseline of `studies.perf`.
 
 It does the same unlearning, recovery and threshold sweep as `defenses.rnp`, but the way the authors'
 code (bboylyg/RNP, see docs/references.md) does it, which is where their cell's minutes go:

@@ -1,6 +1,6 @@
 """GPU check: the path users take, on one GPU, offline, in minutes, summed up in one table.
 
-    python -m benchmark.gpu_check [--out DIR] [--fashion-mnist DIR] [--no-perf] [OVERRIDE ...]
+    python -m studies.gpu_check [--out DIR] [--fashion-mnist DIR] [--no-perf] [OVERRIDE ...]
 
 1. Writes a real-image stand-in in CIFAR-10's format (`cifar-10-batches-py`: 50,000 train / 10,000 test):
    Fashion-MNIST resized to 32x32 and replicated to 3 channels, from `--fashion-mnist`, else
@@ -8,7 +8,7 @@
    under the data root, so it cannot be taken for CIFAR-10.
 2. Runs `python -m benchmark -m experiment=gpu_check` as a user would (the default `device=auto`): the paper
    cell's ResNet-18 trained for 15 epochs, then all 8 defenses on that model, one cell each.
-3. Runs `python -m benchmark.perf` on the same device.
+3. Runs `python -m studies.perf` on the same device.
 4. Prints one table (clean acc and ASR before and after, seconds per phase, img/s) and writes it to
    `<out>/gpu_check.md` with the machine, and everything as `<out>/gpu_check.json`.
 
@@ -278,7 +278,7 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], perf: dict[str, Any
             "poisoning included)."
         )
     if perf is not None:
-        lines += ["", f"`python -m benchmark.perf` ({extra['perf_s']:.0f} s wall):", *perf_lines(perf)]
+        lines += ["", f"`python -m studies.perf` ({extra['perf_s']:.0f} s wall):", *perf_lines(perf)]
     over = [r["defense"] for r in rows if r["status"] == "done" and r["clean_cost"] > MAX_CLEAN_COST]
     bad = [r["defense"] for r in rows if r["status"] != "done"]
     lines += [
@@ -294,13 +294,13 @@ def report(rows: list[dict[str, Any]], info: dict[str, Any], perf: dict[str, Any
 
 def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmark.gpu_check",
+        prog="python -m studies.gpu_check",
         description="The paper cell on one GPU, offline: stand-in data, 15-epoch ResNet-18, 8 defenses, perf.",
         epilog="Other arguments are Hydra overrides for the sweep (e.g. debug=default for a CPU smoke run).",
     )
     parser.add_argument("--out", type=Path, default=Path("outputs/gpu_check"), help="folder for everything it writes")
     parser.add_argument("--fashion-mnist", type=Path, help="folder with Fashion-MNIST's four IDX files")
-    parser.add_argument("--no-perf", action="store_true", help="skip `python -m benchmark.perf`")
+    parser.add_argument("--no-perf", action="store_true", help="skip `python -m studies.perf`")
     return parser.parse_known_args(argv)
 
 
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     perf, perf_s = None, 0.0
     if not args.no_perf:
         (out / "perf.json").unlink(missing_ok=True)
-        perf_cmd = [sys.executable, "-m", "benchmark.perf", "--out", str(out / "perf.json")]
+        perf_cmd = [sys.executable, "-m", "studies.perf", "--out", str(out / "perf.json")]
         perf_cmd += ["--size", "tiny", "--device", "cpu", "--threads", "1"] if debug else []
         perf_rc, perf_s = run_logged(perf_cmd, out / "perf.log", stdout=False)
         perf = json.loads((out / "perf.json").read_text()) if perf_rc == 0 else None

@@ -1,12 +1,12 @@
 """Performance benchmark: how fast this harness runs a cell on the device it runs on.
 
-    python -m benchmark.perf [--device auto|cpu|cuda|cuda:N] [--size full|cpu-reduced|tiny] [--out FILE]
+    python -m studies.perf [--device auto|cpu|cuda|cuda:N] [--size full|cpu-reduced|tiny] [--out FILE]
                              [--threads N] [--seed N] [--compile] [--precision auto|fp32|bf16] [--profile]
 
 Fixed workload: CIFAR-shaped synthetic data (3x32x32 uint8, 10 classes, BadNets at 10%) and ResNet-18.
 Measures backdoor training throughput, evaluation throughput, RNP and ANP end to end (with their
 19-point threshold curves evaluated as a cell does), peak memory, and, in the same process on the same
-device and data, the reference RNP's way of running the cell (`benchmark.perf.reference`), reported as a
+device and data, the reference RNP's way of running the cell (`studies.perf.reference`), reported as a
 ratio reference / ours. `full` is CIFAR-10 sized (the default on CUDA); `cpu-reduced` (the default on
 the CPU) shrinks data, width and ANP's iterations so that it finishes in minutes, but keeps what sets the
 ratio: the reference's epoch counts, 4 defense batches per epoch, and test images per evaluation at 38x the
@@ -53,17 +53,16 @@ from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.io import atomic_write_json
 from benchmark.core.precision import AUTO, PRECISIONS, Precision, cpu_name
 from benchmark.core.training import TrainRecipe, train_classifier
-from benchmark.perf.reference import BATCH as REFERENCE_TEST_BATCH
-from benchmark.perf.reference import loading_seconds, make_loaders, run_reference_rnp
 from benchmark.run.cell import evaluate_curve
-from benchmark.run.record import clean_floats, versions
+from benchmark.run.record import SCHEMA, clean_floats, versions
 from benchmark.run.runtime import setup_runtime
 from defenses.anp import ANP
 from defenses.base import DefenseData
 from defenses.mask_pruning import MaskPruningDefense
 from defenses.rnp import RNP
+from studies.perf.reference import BATCH as REFERENCE_TEST_BATCH
+from studies.perf.reference import loading_seconds, make_loaders, run_reference_rnp
 
-SCHEMA = 1
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # CIFAR-10's, as the reference normalises
 
 
@@ -91,7 +90,7 @@ class Workload:
 SIZES = {
     "full": Workload("full", 50_000, 10_000, 500, 128, 64, 3, 256, 1024, 5, 20, 20, 2000),
     # 2,560 clean + ~2,300 triggered test images per evaluation = 38 x 128 defense images, as 19,000 : 500
-    # eval batch 256: on the CPU smaller batches stay in cache (figures in the README's Performance section)
+    # eval batch 256: on the CPU smaller batches stay in cache (figures: docs/performance.md)
     "cpu-reduced": Workload("cpu-reduced", 4096, 2560, 128, 32, 16, 1, 128, 256, 2, 20, 20, 50),
     # tiny: width 8, the narrowest ResNet-18 torch 2.14.1 trains on the CPU with channels_last (4-7 crash there)
     "tiny": Workload("tiny", 256, 96, 64, 16, 8, 1, 64, 256, 1, 2, 2, 2),
@@ -491,7 +490,7 @@ def run(
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.perf", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
     parser.add_argument("--size", choices=sorted(SIZES), help="workload (default: full on CUDA, cpu-reduced on CPU)")
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")

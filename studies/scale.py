@@ -1,11 +1,12 @@
-"""The scale study's report (issue 18): does a mask defense's effect depend on the model's size?
+"""The scale study's report: does a mask defense's effect depend on the model's size?
 
 Reads every result.json under a sweep dir (`experiment=scale_study`, or any sweep), tells the points apart by
 what the generic report's coordinates do not hold (architecture width and stem, training images, epochs), and
 writes `scale.csv` (one row per cell), `scale.md` (one row per point, mean over seeds, with the seeds' range)
 and `scale.png` (clean-accuracy cost and ASR after the defense against the model's parameter count).
+What the study found: docs/scale_study.md.
 
-    python -m benchmark.report.scale outputs/multirun/scale_study
+    python -m studies.scale outputs/multirun/scale_study
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from benchmark.report.table import Cell, collect, to_csv
 
 log = logging.getLogger(__name__)
 
-# The target of issue 18: the backdoor removed at a clean-accuracy cost the RNP paper reports (< 1 point on
-# CIFAR-10; 3 points allowed here).
+# The study's target: the backdoor removed at a clean-accuracy cost like the one the RNP paper reports (under
+# a point on CIFAR-10; 3 points allowed here).
 MAX_ASR_AFTER = 0.10
 MAX_CA_COST = 0.03
 
@@ -125,7 +126,7 @@ class Point:
 
     @property
     def held(self) -> bool | None:
-        """Whether the defense met issue 18's target on average over the seeds (None: no defense ran)."""
+        """Whether the defense met the study's target on average over the seeds (None: no defense ran)."""
         asr, cost = self.mean("asr_after"), self.mean("ca_cost")
         if asr is None or cost is None or self.key["defense"] == "none":
             return None
@@ -238,11 +239,11 @@ class ScaleCallback(Callback):
             _, files = write_scale_report(root)
             log.info("scale report: %s", ", ".join(str(f) for f in files))
         except Exception:  # the cells' results are safe on disk; say how to redo the report
-            log.exception("scale report failed; rerun it with: python -m benchmark.report.scale %s", root)
+            log.exception("scale report failed; rerun it with: python -m studies.scale %s", root)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmark.report.scale", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.scale", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a sweep dir (e.g. outputs/multirun/scale_study)")
     args = parser.parse_args(argv)
     if not args.root.is_dir():

@@ -1,2 +1,0 @@
-"""The performance benchmark (`python -m benchmark.perf`): `bench` runs it, `reference` is the RNP authors'
-loop rebuilt for timing, `targets.yaml` holds what the figures are compared against."""

@@ -1,3 +1,0 @@
-from benchmark.perf.bench import main
-
-main()

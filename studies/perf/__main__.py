@@ -1,0 +1,3 @@
+from studies.perf.bench import main
+
+main()
