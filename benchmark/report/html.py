@@ -36,8 +36,8 @@ from benchmark.report.table import (
     no_best_reason,
     signed_points,
 )
+from benchmark.run.key import CELL_GROUPS
 
-FILTER_KEYS = ("dataset", "arch", "attack", "defense")
 METRIC_NAMES = {"clean_acc", "asr", "robust_acc"}
 Data = dict[str, Any]  # data-* attributes of an element (a None value leaves its attribute out)
 Images = dict[str, tuple[str | None, str]]  # plot name -> (its attack for the filter, or None; PNG as a data URI)
@@ -309,7 +309,7 @@ def _cell_td(kind: str, value: Any) -> Td:
 
 
 def _coords(c: Cell) -> Data:
-    return {k: c.row.get(k) for k in FILTER_KEYS}
+    return {k: c.row.get(k) for k in CELL_GROUPS}
 
 
 def cells_table(cells: Sequence[Cell]) -> Table:
@@ -384,7 +384,7 @@ def failed_table(cells: Sequence[Cell]) -> Table | None:
 
 def filters(cells: Sequence[Cell]) -> list[Filter]:
     """A select box per filter key with every value found (the template adds the text filter)."""
-    return [Filter(k, sorted({str(c.row.get(k)) for c in cells if c.row.get(k) is not None})) for k in FILTER_KEYS]
+    return [Filter(k, sorted({str(c.row.get(k)) for c in cells if c.row.get(k) is not None})) for k in CELL_GROUPS]
 
 
 def _images(root: Path, keyed: Sequence[str]) -> Images:
