@@ -22,3 +22,7 @@ def _conf_dir() -> Path:
 
 
 CONF_DIR = str(_conf_dir())
+
+# Config folders Hydra searches after conf/ for every entry point (hydra_plugins/benchmark_searchpath): the
+# studies' presets. A string, not an import: the product never imports the studies.
+EXTRA_SEARCHPATH = ("pkg://studies.conf",)

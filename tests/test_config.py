@@ -15,7 +15,7 @@ from benchmark.run.config import build_run_config, check_writable
 from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.model import new_model
 from benchmark.weights.zoo import load_registry
-from tests.conftest import CONF, CONF_DIRS, compose_cfg, group_options
+from tests.conftest import CONF, CONF_DIRS, STUDIES_CONF, compose_cfg, group_options
 
 GROUPS = ["attack", "dataset", "arch", "defense", "train", "logger", "experiment"]
 
@@ -140,3 +140,10 @@ def test_the_cell_key_is_the_one_spelling_of_a_cells_coordinates() -> None:
     spelled = [f"${{hydra:runtime.choices.{g}}}" for g in CELL_GROUPS] + ["seed${seed}"]
     assert pattern == "/".join(spelled)
     assert tuple(build_run_config(compose_cfg([])).cell) == CELL_FIELDS
+
+
+def test_the_studies_presets_stay_found_when_a_command_line_adds_a_lab_folder(tmp_path: Path) -> None:
+    """The search-path plugin appends studies/conf whatever `hydra.searchpath` says (it used to be replaced)."""
+    (tmp_path / "experiment").mkdir()
+    cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path}]", "experiment=scale_study"])
+    assert cfg.sweep_name == OmegaConf.load(STUDIES_CONF / "experiment/scale_study.yaml").sweep_name

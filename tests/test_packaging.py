@@ -21,7 +21,7 @@ tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
-CODE = ("benchmark", "attacks", "defenses", "studies")
+CODE = ("benchmark", "attacks", "defenses", "studies", "hydra_plugins")
 # A quickstart cell shrunk to well under a minute (same code path, smaller data, net and defense).
 SMALL = [
     "experiment=quickstart",

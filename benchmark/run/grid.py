@@ -24,6 +24,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from benchmark import EXTRA_SEARCHPATH
 from benchmark.run.key import CELL_FIELDS
 from benchmark.run.record import IGNORED_KEYS
 from benchmark.run.runtime import CONF_DIR
@@ -48,9 +49,10 @@ def grid_values(config: DictConfig) -> dict[str, list[str]]:
 
 
 def search_dirs(config: DictConfig) -> list[Path]:
-    """The config folders a user added with `hydra.searchpath=[file:///lab/conf]` (lab presets)."""
+    """The config folders beside conf/: the studies' presets and those a user added with
+    `hydra.searchpath=[file:///lab/conf]` (lab presets)."""
     dirs = []
-    for entry in OmegaConf.select(config, "hydra.searchpath", default=None) or []:
+    for entry in [*EXTRA_SEARCHPATH, *(OmegaConf.select(config, "hydra.searchpath", default=None) or [])]:
         if str(entry).startswith("file://"):
             dirs.append(Path(str(entry)[len("file://") :]))
         elif str(entry).startswith("pkg://"):
