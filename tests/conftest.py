@@ -6,11 +6,13 @@ import copy
 import functools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig
+from torch import nn
 
 from attacks.badnets import BadNets
 from attacks.base import Attack, AttackContext
@@ -25,6 +27,7 @@ from benchmark.run.config import build_run_config
 from benchmark.run.runtime import CONF_DIR, start_runtime
 from benchmark.sources import load_dataset
 from benchmark.sources.source import Source, file_specs
+from benchmark.weights import model_cache
 from studies import conf as studies_conf
 from tests.budgets import BUDGETS
 
@@ -62,6 +65,18 @@ def composed_source(dataset: str, *overrides: str) -> Source:
     """What a loader of `dataset` is given in a run: its composed `dataset` config, as `prepare_data` passes it."""
     ds = build_run_config(compose_cfg([f"dataset={dataset}", *overrides])).dataset
     return Source(ds.download, file_specs(ds.files), ds.mirror, ds.size)
+
+
+def through_cache(path: Path, model: nn.Module, train: Any, meta: dict) -> tuple[nn.Module, str, dict, dict]:
+    """The model cache used as benchmark.run.model uses it: take the entry; on a miss, train and store.
+
+    `train(model)` returns (metadata, trigger tensors). Returns the model, its source, stored meta and trigger.
+    """
+    with model_cache.entry(path, model) as e:
+        if not e.hit:
+            extra, trigger = train(e.model)
+            e.store({**meta, **extra}, trigger)
+    return e.model, e.source, e.meta, e.trigger
 
 
 def run_composed_cell(overrides: list[str], run_dir: Path) -> dict:

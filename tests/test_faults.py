@@ -31,9 +31,9 @@ from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
 from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.sources.fetch import FetchError, Remote, fetch, meta_path
 from benchmark.weights.checkpoint import UnsafeCheckpointError
-from benchmark.weights.model_cache import load_or_train, sidecar_path
+from benchmark.weights.model_cache import sidecar_path
 from benchmark.weights.zoo import ZooEntry, locate
-from tests.conftest import compose_cfg
+from tests.conftest import compose_cfg, through_cache
 from tests.fileserver import FileServer
 from tests.test_checkpoint import Payload
 from tests.test_cli import run_cli
@@ -62,7 +62,7 @@ class Trainer:
 def _cached(tmp_path: Path) -> tuple[Path, Trainer]:
     path = tmp_path / "models" / "embedded-convnet-badnets-seed0-0123456789abcdef.pt"
     trainer = Trainer()
-    _, source, _, _ = load_or_train(path, nn.Linear(3, 2), trainer, {"cell": "x"})
+    _, source, _, _ = through_cache(path, nn.Linear(3, 2), trainer, {"cell": "x"})
     assert source == "trained" and trainer.calls == 1
     return path, trainer
 
@@ -94,7 +94,7 @@ def test_damaged_cache_entry_is_moved_aside_and_rebuilt_with_one_warning(tmp_pat
     _damage(path, how)
     damaged = path.read_bytes()
     with caplog.at_level(logging.WARNING, logger="benchmark.weights.model_cache"):
-        _, source, meta, trigger = load_or_train(path, nn.Linear(3, 2), trainer, {"cell": "x"})
+        _, source, meta, trigger = through_cache(path, nn.Linear(3, 2), trainer, {"cell": "x"})
     assert source == "trained" and trainer.calls == 2 and meta["trained"] == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"{path} is damaged" in warnings[0] and "rebuilding" in warnings[0]
@@ -104,7 +104,7 @@ def test_damaged_cache_entry_is_moved_aside_and_rebuilt_with_one_warning(tmp_pat
     # the new entry is whole: its sidecar names its key and sha256, and the next run loads it
     side = json.loads(sidecar_path(path).read_text())
     assert side["key"] == path.stem and side["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    _, source, _, trigger = load_or_train(path, nn.Linear(3, 2), trainer, {})
+    _, source, _, trigger = through_cache(path, nn.Linear(3, 2), trainer, {})
     assert source == "cache" and trainer.calls == 2 and torch.equal(trigger["mask"], torch.ones(2))
 
 
@@ -115,7 +115,7 @@ def test_cache_entry_carrying_code_is_refused_with_our_message_and_kept(tmp_path
     side = json.loads(sidecar_path(path).read_text())  # a sidecar forged to match: only the loader stands guard
     sidecar_path(path).write_text(json.dumps({**side, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
     with pytest.raises(UnsafeCheckpointError) as err:
-        load_or_train(path, nn.Linear(3, 2), trainer, {})
+        through_cache(path, nn.Linear(3, 2), trainer, {})
     msg = str(err.value)
     assert msg.startswith(f"Refused to load {path}") and "left in place" in msg and "weights_only" not in msg
     assert not sentinel.exists() and path.exists() and trainer.calls == 1
@@ -125,7 +125,7 @@ def test_entry_from_before_sha256_sidecars_is_verified_once_and_upgraded(tmp_pat
     path, trainer = _cached(tmp_path)
     sidecar_path(path).write_text(json.dumps({"cell": "x", "trained": 1}))  # the old sidecar: the bare meta
     with caplog.at_level(logging.INFO, logger="benchmark.weights.model_cache"):
-        model, source, meta, _ = load_or_train(path, nn.Linear(3, 2), trainer, {})
+        model, source, meta, _ = through_cache(path, nn.Linear(3, 2), trainer, {})
     assert source == "cache" and trainer.calls == 1 and meta == {"cell": "x", "trained": 1}
     assert torch.all(model.weight == 0.5) and "its sha256 is now recorded" in caplog.text
     side = json.loads(sidecar_path(path).read_text())
@@ -136,7 +136,7 @@ def test_old_entry_that_does_not_load_is_moved_aside(tmp_path: Path) -> None:
     path, trainer = _cached(tmp_path)
     sidecar_path(path).write_text(json.dumps({"cell": "x"}))
     path.write_bytes(path.read_bytes()[:100])
-    _, source, _, _ = load_or_train(path, nn.Linear(3, 2), trainer, {})
+    _, source, _, _ = through_cache(path, nn.Linear(3, 2), trainer, {})
     assert source == "trained" and len(list(path.parent.glob("*.corrupt-*.pt"))) == 1
 
 

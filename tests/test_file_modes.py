@@ -16,7 +16,7 @@ import torch
 
 from benchmark.core.io import atomic_torch_save, atomic_write_json, atomic_write_text, current_umask
 from benchmark.sources.archives import extract
-from benchmark.weights.model_cache import load_or_train
+from tests.conftest import through_cache
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
@@ -62,7 +62,7 @@ def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path: Path, umask: in
 
 def test_cached_model_and_its_sidecar_honour_the_umask(tmp_path: Path, umask: int) -> None:
     path = tmp_path / "models" / "abc.pt"
-    load_or_train(path, torch.nn.Linear(2, 2), lambda m: ({"train_s": 0.0}, {}), {"key": "abc"})
+    through_cache(path, torch.nn.Linear(2, 2), lambda m: ({"train_s": 0.0}, {}), {"key": "abc"})
     assert mode(path) == mode(path.with_suffix(".json")) == 0o666 & ~umask
 
 

@@ -18,8 +18,7 @@ from torch import nn
 from benchmark.report.write import ReportCallback, write_report
 from benchmark.run.grid import missing_options, spelt_in, swept_settings
 from benchmark.run.sweep import claimed_device, config_changes, resume_check, run_sweep_cell
-from benchmark.weights.model_cache import load_or_train
-from tests.conftest import CONF, FAST, compose_cfg, group_options, option_file
+from tests.conftest import CONF, FAST, compose_cfg, group_options, option_file, through_cache
 from tests.test_cli import run_cli
 
 # FAST shrunk further (a 300-image train set, width-4 net, 1 thread): the grid's 8 cells take ~3 s of
@@ -197,7 +196,7 @@ def _train_once(path: str, log: str, out: str) -> None:
         nn.init.constant_(model.weight, 3.0)
         return {}, {}
 
-    model, source, _, _ = load_or_train(Path(path), nn.Linear(2, 2), train, {})
+    model, source, _, _ = through_cache(Path(path), nn.Linear(2, 2), train, {})
     Path(out).write_text(f"{source} {model.weight.sum().item()}")
 
 

@@ -95,7 +95,8 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     )
     test, batch, precision = data.splits.test, rc.eval.batch_size, rc.precision
     with timed(timing, "model"):
-        model, source, meta = obtain_model(rc, data, device)
+        obtained = obtain_model(rc, data, device)
+        model = obtained.model
     with timed(timing, "data"):
         triggered = triggered_test(test, rc.attack, rc.dataset.num_classes)
     log.info("triggered test set: %d images", len(triggered.images))
@@ -115,7 +116,15 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     timing["total"] = round(time.perf_counter() - start, 3)
     config = rc.resolved
     result = assemble_result(
-        rc.cell, (source, meta), before, after, out.info, curve_rows, timing, config, runtime_info(device, precision)
+        rc.cell,
+        (obtained.source, obtained.meta),
+        before,
+        after,
+        out.info,
+        curve_rows,
+        timing,
+        config,
+        runtime_info(device, precision),
     )
     if natural:
         result["natural_asr"] = natural_record(rc.attack, natural, natural_before, natural_after)

@@ -105,7 +105,8 @@ def export_cell(parts: RunConfig, settings: ExportSettings, device: torch.device
 
     parts.model = dataclasses.replace(parts.model, source="train")  # export our own model, never a zoo one
     data = prepare_data(parts, device)
-    model, source, _ = obtain_model(parts, data, device)
+    obtained = obtain_model(parts, data, device)
+    model, source = obtained.model, obtained.source
     triggered = triggered_test(data.splits.test, parts.attack, parts.dataset.num_classes)
     metrics = evaluate(model, data.splits.test, triggered, parts.eval.batch_size, parts.precision).as_dict()
     c = parts.cell

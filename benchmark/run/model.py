@@ -1,4 +1,5 @@
-"""Where a cell's backdoored model comes from: the zoo, the model cache, or training it (then caching it).
+"""Where a cell's backdoored model comes from: the zoo, else a cache hit, else prepare the attack, poison,
+train and store it in the cache.
 
 Cache keys hold everything that determines a trained model (dataset and split, augmentation, arch,
 recipe, seed, the attack and its parameters, bf16), so every defense cell of a grid shares one model.
@@ -25,8 +26,9 @@ from benchmark.core.evaluate import evaluate
 from benchmark.core.training import RUNTIME_FIELDS, train_classifier
 from benchmark.run.config import RunConfig
 from benchmark.run.runtime import runtime_info
+from benchmark.weights import model_cache
 from benchmark.weights.checkpoint import weights_digest
-from benchmark.weights.model_cache import TrainOutcome, cache_key, load_or_train, recorded_sha256
+from benchmark.weights.model_cache import cache_key
 from benchmark.weights.zoo import model_from_zoo
 
 log = logging.getLogger(__name__)
@@ -119,83 +121,112 @@ def zoo_settings(rc: RunConfig) -> dict[str, Any]:
     return settings
 
 
-def _clean_meta(rc: RunConfig) -> dict[str, Any]:
-    return {"cell": {**{k: v for k, v in rc.cell.items() if k != "defense"}, "attack": "clean"}}
+@dataclass(frozen=True)
+class Job:
+    """What obtaining a cell's model works from: the typed run config, the cell's clean data, the device."""
+
+    rc: RunConfig
+    data: CellData
+    device: torch.device
+
+    def new_model(self) -> nn.Module:
+        return new_model(self.rc, self.device)
 
 
-def train_clean(rc: RunConfig, data: CellData, device: torch.device) -> Any:
-    """The training function for the clean model: the cell's recipe on the clean training split, nothing poisoned."""
-    train_data = data.splits.train
+@dataclass(frozen=True)
+class Obtained:
+    """A cell's model and its provenance: "zoo", "cache" or "trained", and the metadata result.json records."""
 
-    def train(m: nn.Module) -> TrainOutcome:
-        start = time.perf_counter()
-        gen = Streams(rc.seed).train(device)
-        history = train_classifier(
-            m, train_data.to(device), rc.recipe, rc.augment, gen, desc="clean training", precision=rc.precision
-        )
-        meta = {"train_history": history, "train_seconds": round(time.perf_counter() - start, 3)}
-        return {**meta, "runtime": runtime_info(device, rc.precision)}, {}
-
-    return train
+    model: nn.Module
+    source: str
+    meta: dict[str, Any]
 
 
-def clean_model(rc: RunConfig, data: CellData, device: torch.device) -> nn.Module:
-    """A clean model trained on the clean training split (cached): the start of TrojanNN, CL, FC and AWP,
-    and the model of `attack=none` cells (the same cache entry)."""
-    path = clean_model_path(rc, Path(rc.paths.cache), device)
-    model, source, _, _ = load_or_train(path, new_model(rc, device), train_clean(rc, data, device), _clean_meta(rc))
-    log.info("clean model for %s: %s", rc.key.attack, source)
-    return model.to(device).eval()
+@dataclass(frozen=True)
+class Trained:
+    """What training a backdoored model yields besides the weights: its metadata and the attack's trigger."""
+
+    meta: dict[str, Any]
+    trigger: dict[str, torch.Tensor]
 
 
-def train_backdoored(rc: RunConfig, data: CellData, device: torch.device) -> Any:
-    """The training function for the backdoored model: prepare the attack, poison, train, keep the trigger."""
+def _cell_meta(rc: RunConfig, attack: str | None = None) -> dict[str, Any]:
+    """The cell a cached model belongs to (no defense: every defense cell shares it)."""
+    cell = {k: v for k, v in rc.cell.items() if k != "defense"}
+    return {"cell": {**cell, "attack": attack} if attack else cell}
+
+
+def train_clean(job: Job, model: nn.Module) -> dict[str, Any]:
+    """Train `model` with the cell's recipe on the clean training split; its metadata."""
+    rc, device = job.rc, job.device
+    start = time.perf_counter()
+    history = train_classifier(
+        model,
+        job.data.splits.train.to(device),
+        rc.recipe,
+        rc.augment,
+        Streams(rc.seed).train(device),
+        desc="clean training",
+        precision=rc.precision,
+    )
+    seconds = round(time.perf_counter() - start, 3)
+    return {"train_history": history, "train_seconds": seconds, "runtime": runtime_info(device, rc.precision)}
+
+
+def clean_model(job: Job) -> Obtained:
+    """The clean model (cached): the start of TrojanNN, CL, FC and AWP, and the model of `attack=none` cells."""
+    with model_cache.entry(clean_model_path(job.rc, Path(job.rc.paths.cache), job.device), job.new_model()) as e:
+        if not e.hit:
+            e.store({**_cell_meta(job.rc, "clean"), **train_clean(job, e.model)}, {})
+    log.info("clean model for %s: %s", job.rc.key.attack, e.source)
+    return Obtained(e.model.to(job.device), e.source, {**e.meta, "sha256": e.sha256})
+
+
+def train_backdoored(job: Job, model: nn.Module) -> Trained:
+    """Prepare the attack, poison the training split and train `model` on it; the trigger it learned."""
+    rc, data, device = job.rc, job.data, job.device
     attack, ds, streams = rc.attack, rc.dataset, Streams(rc.seed)
-
-    def train(m: nn.Module) -> TrainOutcome:
-        ctx = AttackContext(
-            train=data.splits.train,
-            num_classes=ds.num_classes,
-            augment=rc.augment,
-            recipe=rc.recipe,
-            device=device,
-            gen=streams.attack(device),
-            clean_model=lambda: clean_model(rc, data, device),
-            new_model=lambda: new_model(rc, device),
-        )
-        start = time.perf_counter()
-        attack.prepare(ctx)
-        prepare_seconds = time.perf_counter() - start
-        poisoned = poison_for_training(data.splits.train, attack, ds.num_classes, streams.poison())
-        log.info(
-            "poisoned training set: %d images, %d poisoned, %d cover",
-            len(poisoned.images),
-            len(poisoned.index),
-            len(poisoned.cover),
-        )
-        start = time.perf_counter()
-        history = train_classifier(
-            m,
-            poisoned.images.to(device),
-            attack.adjust_recipe(rc.recipe),
-            rc.augment,
-            streams.train(device),
-            hook=attack.train_hook(ctx),
-            desc="backdoor training",
-            monitor=lambda model: _test_metrics(model, rc, data),
-            precision=rc.precision,
-        )
-        meta = {
-            "train_history": history,
-            "train_seconds": round(time.perf_counter() - start, 3),
-            "attack_prepare_seconds": round(prepare_seconds, 3),
-            "poisoned": len(poisoned.index),
-            "cover": len(poisoned.cover),
-            "runtime": runtime_info(device, rc.precision),
-        }
-        return meta, attack.trigger_state()
-
-    return train
+    ctx = AttackContext(
+        train=data.splits.train,
+        num_classes=ds.num_classes,
+        augment=rc.augment,
+        recipe=rc.recipe,
+        device=device,
+        gen=streams.attack(device),
+        clean_model=lambda: clean_model(job).model.eval(),
+        new_model=job.new_model,
+    )
+    start = time.perf_counter()
+    attack.prepare(ctx)
+    prepare_seconds = time.perf_counter() - start
+    poisoned = poison_for_training(data.splits.train, attack, ds.num_classes, streams.poison())
+    log.info(
+        "poisoned training set: %d images, %d poisoned, %d cover",
+        len(poisoned.images),
+        len(poisoned.index),
+        len(poisoned.cover),
+    )
+    start = time.perf_counter()
+    history = train_classifier(
+        model,
+        poisoned.images.to(device),
+        attack.adjust_recipe(rc.recipe),
+        rc.augment,
+        streams.train(device),
+        hook=attack.train_hook(ctx),
+        desc="backdoor training",
+        monitor=lambda m: _test_metrics(m, rc, data),
+        precision=rc.precision,
+    )
+    meta = {
+        "train_history": history,
+        "train_seconds": round(time.perf_counter() - start, 3),
+        "attack_prepare_seconds": round(prepare_seconds, 3),
+        "poisoned": len(poisoned.index),
+        "cover": len(poisoned.cover),
+        "runtime": runtime_info(device, rc.precision),
+    }
+    return Trained(meta, attack.trigger_state())
 
 
 def _test_metrics(model: nn.Module, rc: RunConfig, data: CellData) -> dict[str, float]:
@@ -205,24 +236,31 @@ def _test_metrics(model: nn.Module, rc: RunConfig, data: CellData) -> dict[str, 
     return {f"test_{k}": v for k, v in metrics.as_dict().items()}
 
 
-def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> tuple[nn.Module, str, dict]:
-    """The backdoored model, with the attack's trigger state restored: from the zoo, the cache, else trained.
+def backdoored_model(job: Job) -> Obtained:
+    """The backdoored model from the cache, else trained and stored; the attack's trigger state restored."""
+    rc, device = job.rc, job.device
+    with model_cache.entry(model_cache_path(rc, Path(rc.paths.cache), device), job.new_model()) as e:
+        if e.hit:
+            rc.attack.load_trigger_state({k: v.to(device) for k, v in e.trigger.items()})
+        else:
+            trained = train_backdoored(job, e.model)
+            e.store({**_cell_meta(rc), **trained.meta}, trained.trigger)
+    return Obtained(e.model.to(device), e.source, {**e.meta, "sha256": e.sha256})
+
+
+def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> Obtained:
+    """The cell's backdoored model: from the zoo, else the cache, else trained (then cached).
 
     For `attack=none` it is the clean model, from the clean model's cache entry (trained once for both).
     """
-    zoo = model_from_zoo(rc.model, rc.key.model_key(), zoo_settings(rc), rc.attack, lambda: new_model(rc, device))
+    job = Job(rc, data, device)
+    zoo = model_from_zoo(rc.model, rc.key.model_key(), zoo_settings(rc), rc.attack, job.new_model)
     if zoo is not None:
-        return zoo.model.to(device), "zoo", {**zoo.meta, "weights_sha256": weights_digest(zoo.model)}
-    if isinstance(rc.attack, NoAttack):  # the clean model: one cache entry with the clean-model attacks' start
-        path, train, meta = (
-            clean_model_path(rc, Path(rc.paths.cache), device),
-            train_clean(rc, data, device),
-            _clean_meta(rc),
-        )
+        obtained = Obtained(zoo.model.to(device), "zoo", zoo.meta)
+    elif isinstance(rc.attack, NoAttack):  # one cache entry with the clean-model attacks' start
+        obtained = clean_model(job)
     else:
-        path, train = model_cache_path(rc, Path(rc.paths.cache), device), train_backdoored(rc, data, device)
-        meta = {"cell": {k: v for k, v in rc.cell.items() if k != "defense"}}
-    model, source, meta, trigger = load_or_train(path, new_model(rc, device), train, meta)
-    if source == "cache":
-        rc.attack.load_trigger_state({k: v.to(device) for k, v in trigger.items()})
-    return model.to(device), source, {**meta, "sha256": recorded_sha256(path), "weights_sha256": weights_digest(model)}
+        obtained = backdoored_model(job)
+    return Obtained(
+        obtained.model, obtained.source, {**obtained.meta, "weights_sha256": weights_digest(obtained.model)}
+    )
