@@ -341,7 +341,7 @@ def _result(config: dict) -> dict:
     cell = {"attack": "badnets", "dataset": "embedded", "arch": "convnet", "defense": "none", "seed": 0}
     return {
         "schema": 1, "cell": cell, "model_source": "trained", "before": metrics, "after": {**metrics, "asr": 0.9},
-        "der": 0.5, "defense_info": {}, "timing_s": {"total": 1.0}, "config": config,
+        "der": 0.5, "defense_info": {}, "timing_s": {"total": 1.0}, "config": config, "random_streams": 2,
     }  # fmt: skip
 
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from benchmark.report.write import ReportCallback, write_report
 from benchmark.run.grid import missing_options, spelt_in, swept_settings
+from benchmark.run.streams import STREAMS_VERSION
 from benchmark.run.sweep import claimed_device, config_changes, resume_check, run_sweep_cell
 from tests.conftest import CONF, FAST, compose_cfg, group_options, option_file, through_cache
 from tests.test_cli import run_cli
@@ -178,12 +179,16 @@ def test_resume_check_names_why_a_cell_reruns(tmp_path: Path) -> None:
         "defense_info": {},
         "timing_s": {"total": 1.0},
         "config": config,
+        "random_streams": STREAMS_VERSION,
     }
     (tmp_path / "result.json").write_text(json.dumps(result))
     assert "after.asr=1.5 is not a fraction" in resume_check(tmp_path, config)[1]
     (tmp_path / "result.json").write_text(json.dumps({**result, "after": metrics}))
     assert resume_check(tmp_path, config)[0]
     assert resume_check(tmp_path, {"seed": 0, "train": {"epochs": 3}}) == (False, "the config changed: train.epochs")
+    older = {k: v for k, v in result.items() if k != "random_streams"}  # a result from before the streams changed
+    (tmp_path / "result.json").write_text(json.dumps({**older, "after": metrics}))
+    assert resume_check(tmp_path, config) == (False, "it was drawn from random streams v1, this harness draws v2")
 
 
 def _train_once(path: str, log: str, out: str) -> None:

@@ -24,10 +24,11 @@ from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
 from benchmark.run.config import RunConfig, check_writable
 from benchmark.run.loggers import make_logger
-from benchmark.run.model import CellData, Streams, obtain_model
+from benchmark.run.model import CellData, obtain_model
 from benchmark.run.natural import natural_asr, natural_attacks, natural_record
 from benchmark.run.record import assemble_result, write_csv, write_result
 from benchmark.run.runtime import runtime_info
+from benchmark.run.streams import Streams
 from benchmark.sources import load_dataset
 from benchmark.sources.source import Source, file_specs
 from defenses.base import CurvePoint, DefenseData

@@ -26,42 +26,13 @@ from benchmark.core.evaluate import evaluate
 from benchmark.core.training import RUNTIME_FIELDS, train_classifier
 from benchmark.run.config import RunConfig
 from benchmark.run.runtime import runtime_info
+from benchmark.run.streams import STREAMS_VERSION, Streams
 from benchmark.weights import model_cache
 from benchmark.weights.checkpoint import weights_digest
 from benchmark.weights.model_cache import cache_key
 from benchmark.weights.zoo import model_from_zoo
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Streams:
-    """The cell's random streams, each named for what it draws; all come from the one seed.
-
-    Each call returns a fresh generator, so one stream's use never shifts another's draws.
-    """
-
-    seed: int
-
-    def defense_subset(self) -> torch.Generator:
-        """Which reserve images become the defense data."""
-        return torch.Generator().manual_seed(self.seed)
-
-    def poison(self) -> torch.Generator:
-        """Which training images are poisoned (and covered)."""
-        return torch.Generator().manual_seed(self.seed)
-
-    def attack(self, device: torch.device) -> torch.Generator:
-        """What an attack draws while preparing (learned triggers, generators)."""
-        return torch.Generator(device).manual_seed(self.seed + 1)
-
-    def train(self, device: torch.device) -> torch.Generator:
-        """Batch order and augmentation of model training (backdoored or clean)."""
-        return torch.Generator(device).manual_seed(self.seed)
-
-    def defense(self, device: torch.device) -> torch.Generator:
-        """What the defense draws (batches, noise)."""
-        return torch.Generator(device).manual_seed(self.seed)
 
 
 @dataclass
@@ -86,6 +57,7 @@ def _cache_parts(rc: RunConfig, device: torch.device) -> dict[str, Any]:
         "arch": asdict(rc.arch),
         "train": {k: v for k, v in asdict(rc.recipe).items() if k not in RUNTIME_FIELDS},
         "seed": rc.seed,
+        "streams": STREAMS_VERSION,  # the same seed draws another model from other streams
     }
     if rc.precision.resolved(device) == "bf16":
         key["precision"] = "bf16"

@@ -17,6 +17,7 @@ import benchmark
 from benchmark.core.evaluate import Metrics, der
 from benchmark.core.io import atomic_write_json, atomic_write_text
 from benchmark.run.key import CELL_FIELDS
+from benchmark.run.streams import STREAMS_VERSION
 
 SCHEMA = 1
 
@@ -88,6 +89,7 @@ def assemble_result(
         "timing_s": timing,
         "config": config,
         "versions": versions(),
+        "random_streams": STREAMS_VERSION,
         "runtime": runtime,
         "model_meta": {k: meta.get(k) for k in MODEL_META_KEYS},
     }

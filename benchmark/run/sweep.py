@@ -41,6 +41,7 @@ from benchmark.run.config import RunConfig, build_run_config
 from benchmark.run.key import CELL_FIELDS, partial_cell
 from benchmark.run.record import SCHEMA, clean_floats, config_changes, result_problems, versions
 from benchmark.run.runtime import start_runtime
+from benchmark.run.streams import STREAMS_VERSION
 
 log = logging.getLogger("benchmark")
 
@@ -59,6 +60,9 @@ def resume_check(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
     problems = result_problems(result)
     if problems:
         return False, "result.json is incomplete or altered: " + "; ".join(problems[:3])
+    streams = result.get("random_streams", 1)  # results from before the field drew from version 1
+    if streams != STREAMS_VERSION:
+        return False, f"it was drawn from random streams v{streams}, this harness draws v{STREAMS_VERSION}"
     changed = config_changes(result["config"], config)
     if changed:
         more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
