@@ -12,7 +12,7 @@ into [-eps, eps] after its ascent step (`project_noise: true` does project it).
 
 Precision: the clean and perturbed forward passes and losses autocast; the masks, the neuron noise, their
 sign steps and their clamps (to [0, 1] and [-eps, eps]) stay fp32, where small mask updates are not rounded
-away (tests/test_precision_parity.py).
+away (tests/methods/test_precision_parity.py).
 """
 
 from __future__ import annotations

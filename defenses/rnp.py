@@ -15,7 +15,7 @@ pruned model keeps accuracy on a held-out part of the defense data.
 
 Precision: the unlearning and recovery forward passes and losses autocast (bf16 on CUDA by default); the
 masks, their optimiser steps and their clamps to [0, 1] stay fp32 (bf16 would round a mask step of lr x grad
-away near 1), and so does the pruning (tests/test_precision_parity.py).
+away near 1), and so does the pruning (tests/methods/test_precision_parity.py).
 """
 
 from __future__ import annotations

@@ -6,6 +6,6 @@
 - `studies/conf/`: their Hydra presets (`experiment=scale_study`, `proxy`, `proxy_premise`, `gpu_check`),
   found through the search path that `conf/config.yaml` names (`pkg://studies.conf`).
 
-Studies import the product; the product never imports studies (tests/test_layout.py). Their results and the
+Studies import the product; the product never imports studies (tests/e2e/test_layout.py). Their results and the
 machines they were measured on are in docs/.
 """

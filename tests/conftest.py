@@ -29,7 +29,7 @@ from benchmark.sources import load_dataset
 from benchmark.sources.source import Source, file_specs
 from benchmark.weights import model_cache
 from studies import conf as studies_conf
-from tests.budgets import BUDGETS
+from tests.helpers.budgets import BUDGETS
 
 CONF = Path(CONF_DIR)
 STUDIES_CONF = Path(studies_conf.__file__).parent  # the studies' presets, on the search path conf/config.yaml names
@@ -44,6 +44,14 @@ FAST = [
     "arch.kwargs.width=8",
     "defense_data.size=200",
 ]
+
+# FAST shrunk further (a 300-image train set, width-4 net, 1 thread): the grid's 8 cells take ~3 s of
+# compute, the rest is process start-up. The models learn nothing here; only the machinery is tested.
+TINY = [
+    o
+    for o in FAST
+    if o.split("=")[0] not in ("dataset.train_limit", "dataset.test_limit", "arch.kwargs.width", "defense_data.size")
+] + ["dataset.train_limit=300", "dataset.test_limit=200", "arch.kwargs.width=4", "defense_data.size=100", "threads=1"]
 
 
 def group_options(group: str) -> list[str]:

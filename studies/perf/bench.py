@@ -10,7 +10,7 @@ device and data, the reference RNP's way of running the cell (`studies.perf.refe
 ratio reference / ours. `full` is CIFAR-10 sized (the default on CUDA); `cpu-reduced` (the default on
 the CPU) shrinks data, width and ANP's iterations so that it finishes in minutes, but keeps what sets the
 ratio: the reference's epoch counts, 4 defense batches per epoch, and test images per evaluation at 38x the
-defense data (19,000 : 500 in a CIFAR-10 cell); `tiny` is for the smoke test (tests/test_perf.py).
+defense data (19,000 : 500 in a CIFAR-10 cell); `tiny` is for the smoke test (tests/studies/test_perf.py).
 `--profile` adds, per phase, where the time went (torch profiler: top operators by self time); profiling
 slows the run, so its timings are not comparable with an unprofiled run's.
 Prints one JSON object on stdout and a short summary on stderr. A benchmark, never a test: it asserts

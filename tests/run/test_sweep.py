@@ -19,16 +19,9 @@ from benchmark.report.write import ReportCallback, write_report
 from benchmark.run.grid import missing_options, spelt_in, swept_settings
 from benchmark.run.streams import STREAMS_VERSION
 from benchmark.run.sweep import claimed_device, config_changes, resume_check, run_sweep_cell
-from tests.conftest import CONF, FAST, compose_cfg, group_options, option_file, through_cache
-from tests.test_cli import run_cli
+from tests.conftest import CONF, FAST, TINY, compose_cfg, group_options, option_file, through_cache
+from tests.helpers.cli import run_cli
 
-# FAST shrunk further (a 300-image train set, width-4 net, 1 thread): the grid's 8 cells take ~3 s of
-# compute, the rest is process start-up. The models learn nothing here; only the machinery is tested.
-TINY = [
-    o
-    for o in FAST
-    if o.split("=")[0] not in ("dataset.train_limit", "dataset.test_limit", "arch.kwargs.width", "defense_data.size")
-] + ["dataset.train_limit=300", "dataset.test_limit=200", "arch.kwargs.width=4", "defense_data.size=100", "threads=1"]
 GRID = ["attack=badnets,blend", "defense=none,clp", "seed=0,1"]
 CELLS = [(a, d, s) for a in ("badnets", "blend") for d in ("none", "clp") for s in (0, 1)]
 

@@ -20,7 +20,7 @@ import websocket
 from benchmark.core.io import atomic_write_json
 from benchmark.report.write import write_report
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 EVIL = '</pre><script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
 # (attack, defense) -> per seed (clean acc, ASR) after the defense; every seed's backdoored model: 0.9 / 1.0
 AFTER = {

@@ -18,7 +18,7 @@ from benchmark.core.io import atomic_torch_save, atomic_write_json, atomic_write
 from benchmark.sources.archives import extract
 from tests.conftest import through_cache
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = [
     "experiment=quickstart",
     "train.epochs=1",

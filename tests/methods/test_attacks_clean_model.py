@@ -26,8 +26,8 @@ from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.runtime import setup_runtime
-from tests.budgets import BUDGETS
 from tests.conftest import attack_context, compose_cfg
+from tests.helpers.budgets import BUDGETS
 
 
 def gen(seed: int = 0) -> torch.Generator:
@@ -247,7 +247,7 @@ def test_awp_perturbs_the_clean_weights_within_the_bound() -> None:
 # On 3,000 training images TrojanNN's and AWP's backdoors stay weak (ASR 0.38 and 0.32): their
 # one-epoch-scale retraining needs the quickstart's data to implant them (ASR 1.00 and 0.995 there).
 SMALL = ["experiment=quickstart", "defense=none", "dataset.test_limit=1000"]
-IMPLANT = ["trojan", "cl", "fc", "awp"]  # each must pass its budget row's min_asr (tests/budgets.py)
+IMPLANT = ["trojan", "cl", "fc", "awp"]  # each must pass its budget row's min_asr (tests/helpers/budgets.py)
 
 
 @pytest.fixture(scope="module")

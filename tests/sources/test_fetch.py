@@ -14,7 +14,7 @@ import pytest
 
 from benchmark.core.errors import ConfigError
 from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, Remote, fetch, meta_path
-from tests.fileserver import FileServer
+from tests.helpers.fileserver import FileServer
 
 BODY = os.urandom(1_500_000)  # three of gdown's 512 KiB chunks, so a cut transfer leaves bytes to resume
 SHA = hashlib.sha256(BODY).hexdigest()

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from benchmark.run.grid import missing_options
 from tests.conftest import CONF, compose_cfg, group_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 USER_GROUPS = ["dataset", "arch", "attack", "defense", "train", "logger", "experiment"]
 
 

@@ -1,4 +1,4 @@
-"""The slurm launcher (hydra-submitit-launcher) on a real single-node SLURM cluster started by tests/slurm_cluster.py.
+"""The slurm launcher (hydra-submitit-launcher) on a real single-node SLURM cluster (tests/helpers/slurm_cluster.py).
 
 Slow tests: `bash .ci/install-slurm` once (as root), then `python -m pytest -m slow -k slurm`. They skip, saying
 why, only where the cluster cannot be started (not root, SLURM or MariaDB not installed). Only the command line
@@ -22,11 +22,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.slurm_cluster import ClusterUnavailable, SlurmCluster
+from tests.helpers.slurm_cluster import ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PARTITION = "debug"  # the partition SlurmCluster creates
 # The README's CPU-cluster example, run verbatim by test_slurm_sweep_runs_each_cell_as_an_array_task (plus a
 # temp sweep dir); test_slurm_readme_shows_the_tested_command keeps the README in step with it.

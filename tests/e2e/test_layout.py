@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PRODUCT = ("benchmark", "attacks", "defenses")
 PACKAGES = (*PRODUCT, "studies")
 ABOVE_SOURCES = ("benchmark.weights", "benchmark.run", "benchmark.report", "attacks", "defenses", "studies")
@@ -103,3 +103,13 @@ def test_no_import_cycles() -> None:
         if m not in state:
             cycle = visit(m, [])
             assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_the_tests_mirror_the_floors() -> None:
+    """One folder per floor (and the studies), helpers apart: a new test file goes beside what it tests."""
+    tests = ROOT / "tests"
+    floors = {"core", "methods", "sources", "weights", "run", "report", "studies", "e2e", "helpers"}
+    folders = {p.name for p in tests.iterdir() if p.is_dir() and p.name not in ("__pycache__", "artifacts")}
+    assert folders == floors, f"tests/ should hold exactly {sorted(floors)}"
+    assert not list(tests.glob("test_*.py")), "test files belong in the folder of the floor they test"
+    assert not list((tests / "helpers").glob("test_*.py")), "tests/helpers/ holds what tests share, no tests"

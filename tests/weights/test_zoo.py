@@ -23,9 +23,9 @@ from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_
 from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
 from benchmark.weights.zoo import ZooMismatchError, load_registry, model_from_zoo
 from tests.conftest import CONF, FAST, compose_cfg
-from tests.fileserver import FileServer
-from tests.test_checkpoint import Payload
-from tests.test_cli import run_cli
+from tests.helpers.checkpoints import Payload
+from tests.helpers.cli import run_cli
+from tests.helpers.fileserver import FileServer
 
 CPU = torch.device("cpu")
 RNP_ID = "1B4eHfsTyw_Qj-XgZc2byYDT_95TLjtLj"

@@ -23,12 +23,12 @@ from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError
 from benchmark.sources.loaders import read_batch
 from benchmark.sources.source import FileSpec, Source
 from benchmark.weights.zoo import ModelSource, load_registry, model_from_zoo
-from tests import standins
 from tests.conftest import composed_source
-from tests.fileserver import FileServer
-from tests.test_cli import run_cli
+from tests.helpers import standins
+from tests.helpers.cli import run_cli
+from tests.helpers.fileserver import FileServer
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RNP_ID = load_registry()["cifar10/resnet18/badnets"].gdrive
 CIFAR_SETTINGS = {
     "attack.target": 0, "attack.poison_rate": 0.1, "attack.label_mode": "all2one", "attack.cell_px": None,

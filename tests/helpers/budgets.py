@@ -51,7 +51,7 @@ BUDGETS: dict[str, dict[str, Budget]] = {
         "dfst": Budget(
             min_asr=0.7, shrink=("train.epochs=2",), progress="dfst detox injector: epoch"
         ),  # epochs 2: one detox round
-        "none": Budget(),  # the clean model: nothing to implant (tests/test_clean_baseline.py)
+        "none": Budget(),  # the clean model: nothing to implant (tests/e2e/test_clean_baseline.py)
     },
     "defense": {
         "none": Budget(),

@@ -93,7 +93,7 @@ def test_format_seconds() -> None:
     assert [format_seconds(s) for s in (0.4, 42, 185, 7620)] == ["0 s", "42 s", "3m05s", "2h07m"]
 
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 

@@ -15,8 +15,8 @@ from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.record import result_problems
 from benchmark.run.runtime import start_runtime
-from tests.budgets import BUDGETS
 from tests.conftest import compose_cfg, group_options
+from tests.helpers.budgets import BUDGETS
 
 DEBUG = ["debug=default"]
 
@@ -24,8 +24,8 @@ DEBUG = ["debug=default"]
 @pytest.mark.parametrize("group", sorted(BUDGETS))
 def test_every_option_has_a_budget_row_and_every_row_an_option(group: str) -> None:
     options, rows = set(group_options(group)), set(BUDGETS[group])
-    assert not options - rows, f"add rows to tests/budgets.py for {group}: {sorted(options - rows)}"
-    assert not rows - options, f"tests/budgets.py has rows for no option of {group}: {sorted(rows - options)}"
+    assert not options - rows, f"add rows to tests/helpers/budgets.py for {group}: {sorted(options - rows)}"
+    assert not rows - options, f"tests/helpers/budgets.py has rows for no option of {group}: {sorted(rows - options)}"
 
 
 def _smoke(group: str) -> list:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import CONF, group_options
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCES = (ROOT / "docs" / "references.md").read_text()
 METHODS = [(g, o) for g in ("attack", "defense") for o in group_options(g) if o != "none"]
 

@@ -22,16 +22,7 @@ from benchmark.weights.checkpoint import (
     read_checkpoint,
     state_dict_of,
 )
-
-
-class Payload:
-    """Unpickling this runs code that creates a file: a stand-in for a malicious checkpoint."""
-
-    def __init__(self, sentinel: Path) -> None:
-        self.sentinel = sentinel
-
-    def __reduce__(self):
-        return (exec, (f"open({str(self.sentinel)!r}, 'w').close()",))
+from tests.helpers.checkpoints import Payload
 
 
 def small_resnet() -> torch.nn.Module:

@@ -1,6 +1,7 @@
 """Defenses, parametrised over conf/defense/*.yaml: each lowers the ASR of a planted backdoor.
 
-Defense parameters come from the YAML, shrunk only in epochs/iterations (tests/budgets.py) so the suite stays fast.
+Defense parameters come from the YAML, shrunk only in epochs/iterations (tests/helpers/budgets.py) so the suite
+stays fast.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from benchmark.run.config import build_run_config
 from defenses.base import DefenseData
 from defenses.masks import MaskedBatchNorm2d, mask_layers, prune_channels, with_masked_norm
 from defenses.rnp import RNP
-from tests.budgets import BUDGETS
 from tests.conftest import compose_cfg, group_options
+from tests.helpers.budgets import BUDGETS
 
 DEFENSES = group_options("defense")
 

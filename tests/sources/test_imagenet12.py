@@ -19,7 +19,7 @@ from benchmark.sources.archives import UnsafeArchiveError
 from benchmark.sources.fetch import GDRIVE_ENV
 from benchmark.sources.source import Source
 from tests.conftest import composed_source
-from tests.fileserver import FileServer
+from tests.helpers.fileserver import FileServer
 
 ID = composed_source("imagenet12").files["archive"].gdrive
 SOURCE = composed_source("imagenet12")

@@ -3,31 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.conftest import FAST
+from tests.helpers.cli import run_cli
 
 RESULT_KEYS = [
     "schema", "cell", "model_source", "before", "after", "der", "defense_info", "timing_s", "config", "versions",
 ]  # fmt: skip
-
-
-def run_cli(args: list[str], home: Path, timeout: int = 300, **env: str | None) -> subprocess.CompletedProcess:
-    """Run the CLI in `home` (HOME and BENCHMARK_HOME point there); an env value of None unsets it."""
-    environ = {**os.environ, "HOME": str(home), "BENCHMARK_HOME": str(home / "bench"), "WANDB_MODE": "disabled"}
-    environ.pop("WANDB_API_KEY", None)
-    for key, value in env.items():
-        if value is None:
-            environ.pop(key, None)
-        else:
-            environ[key] = value
-    return subprocess.run(
-        [sys.executable, "-m", "benchmark", *args],
-        cwd=home, env=environ, capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
 
 
 def check_result(path: Path, defense: str) -> dict:

@@ -21,7 +21,7 @@ which channels land among the 20 lowest masks, and bf16 swaps a few (a marked ro
 alone moves clean accuracy more than that between seeds. Figures: docs/results.md.
 
 On a CPU without bf16 units (AVX2 only; `benchmark.core.precision.cpu_has_bf16_units`) autocast is emulated
-and the bf16 arm costs about 5x the fp32 one, so the fast rows are shorter than tests/budgets.py's efficacy
+and the bf16 arm costs about 5x the fp32 one, so the fast rows are shorter than tests/helpers/budgets.py's efficacy
 settings, and those run in the slow suite with backdoor training.
 """
 
@@ -45,8 +45,8 @@ from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.config import build_run_config
 from benchmark.sources import load_dataset
 from defenses.base import DefenseData
-from tests.budgets import BUDGETS
 from tests.conftest import compose_cfg, group_options
+from tests.helpers.budgets import BUDGETS
 
 FP32, BF16 = Precision("fp32"), Precision("bf16")
 CLEAN_TOL = 0.02  # see the module docstring
@@ -147,7 +147,7 @@ def test_defense_reaches_the_same_outcome_in_bf16(
     print(f"{what}: fp32 {fp32} bf16 {bf16} pruned {info32.get('pruned')} / {info16.get('pruned')}")
     if name != "none":  # the outcomes compared must be a defense's work, not the input model twice
         moved = abs(fp32.clean_acc - before.clean_acc) + abs(fp32.asr - before.asr)
-        removed = fp32.asr < before.asr - 0.3  # the efficacy budget's bar (tests/test_defenses.py)
+        removed = fp32.asr < before.asr - 0.3  # the efficacy budget's bar (tests/methods/test_defenses.py)
         assert moved >= MOVED and (speed == "fast" or removed), f"{what}: fp32 did not do its work: {fp32}"
     assert_parity(fp32, bf16, what)
     if "pruned_channels" in info32:  # loosely: a mask or activation near the cut may tip either way

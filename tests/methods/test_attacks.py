@@ -13,7 +13,7 @@ from benchmark.core.errors import ConfigError
 from benchmark.run.config import build_run_config
 from tests.conftest import compose_cfg, group_options, prepared
 
-ATTACKS = [a for a in group_options("attack") if a != "none"]  # none has no trigger: tests/test_clean_baseline.py
+ATTACKS = [a for a in group_options("attack") if a != "none"]  # none has no trigger: tests/e2e/test_clean_baseline.py
 
 
 def make_attack(name: str, *overrides: str, channels: int = 3, size: int = 32, fresh: bool = False) -> Attack:

@@ -26,8 +26,8 @@ from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import run_cell
 from benchmark.run.config import build_run_config
 from benchmark.run.runtime import setup_runtime
-from tests.budgets import BUDGETS
 from tests.conftest import attack_context, compose_cfg
+from tests.helpers.budgets import BUDGETS
 
 SMALL_DYNAMIC = {"width": 4, "depth": 2, "mask_epochs": 1}
 SMALL_LIRA = {"width": 4, "depth": 2}
@@ -276,7 +276,7 @@ def test_learned_triggers_survive_the_cache_format(dynamic: InputAware, tmp_path
 
 # A reduced quickstart (3,000 training images); the embedded specialisation files apply.
 SMALL = ["experiment=quickstart", "defense=none", "dataset.train_limit=3000", "dataset.test_limit=1000"]
-IMPLANT: list[tuple[str, list[str]]] = [  # each must pass its budget row's min_asr (tests/budgets.py)
+IMPLANT: list[tuple[str, list[str]]] = [  # each must pass its budget row's min_asr (tests/helpers/budgets.py)
     ("dynamic", ["dataset.train_limit=null"]),  # on 3,000 images its ASR is 0.63 (seed 0): too few to implant
     ("lira", []),
     ("dfst", []),

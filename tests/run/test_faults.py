@@ -33,14 +33,13 @@ from benchmark.sources.fetch import FetchError, Remote, fetch, meta_path
 from benchmark.weights.checkpoint import UnsafeCheckpointError
 from benchmark.weights.model_cache import sidecar_path
 from benchmark.weights.zoo import ZooEntry, locate
-from tests.conftest import compose_cfg, through_cache
-from tests.fileserver import FileServer
-from tests.test_checkpoint import Payload
-from tests.test_cli import run_cli
-from tests.test_sweep import TINY
+from tests.conftest import TINY, compose_cfg, through_cache
+from tests.helpers.checkpoints import Payload
+from tests.helpers.cli import run_cli
+from tests.helpers.fileserver import FileServer
 
 # Subprocesses run in a temp dir: import this checkout's code, not whichever one is installed editable.
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(Path(__file__).resolve().parents[2])
 
 # ---------------------------------------------------------------- the model cache
 

@@ -8,12 +8,12 @@ directory, on free non-default ports, so it never touches a system SLURM or mung
 starts the jobs' processes) and the Debian packages from `.ci/install-slurm`; without them `start` raises
 ClusterUnavailable saying why, which the tests turn into a skip.
 
-    with SlurmCluster() as cluster:               # in Python (tests/test_slurm.py)
+    with SlurmCluster() as cluster:               # in Python (tests/e2e/test_slurm.py)
         subprocess.run(["sbatch", "--wrap", "hostname"], env=cluster.env())
 
-    python tests/slurm_cluster.py start /tmp/slurm  # for a human; then: export SLURM_CONF=/tmp/slurm/slurm.conf
-    python tests/slurm_cluster.py status /tmp/slurm
-    python tests/slurm_cluster.py stop /tmp/slurm
+    python tests/helpers/slurm_cluster.py start /tmp/slurm  # for a human; then: export SLURM_CONF=/tmp/slurm/slurm.conf
+    python tests/helpers/slurm_cluster.py status /tmp/slurm
+    python tests/helpers/slurm_cluster.py stop /tmp/slurm
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import evaluate
 from benchmark.core.training import TrainRecipe, train_classifier
-from tests.budgets import BUDGETS
+from tests.helpers.budgets import BUDGETS
 
 
 def images(n: int = 16, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:

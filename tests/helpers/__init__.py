@@ -1,0 +1,1 @@
+"""What the tests share: budgets, stand-in servers and data, a throw-away SLURM cluster, CLI runs."""
