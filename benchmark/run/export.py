@@ -3,15 +3,18 @@
     python -m benchmark.export experiment=quickstart export.dir=zoo export.url=https://lab.example/zoo
 
 The cell's model comes from the model cache, else it is trained; it is evaluated (clean acc, ASR on the
-test split) and written as `<dataset>-<arch>-<attack>-seed<seed>.pt` — a plain `{"state_dict", "trigger",
-"meta"}` dict that `torch.load(weights_only=True)` reads — with `<same>.zoo.yaml`, an entry to paste into
-a registry (`model.zoo_files`). Host the .pt at `export.url` and any harness can take its model from there.
-With `logger=wandb` (and `export.artifact=true`) the pair is also logged as a wandb model artifact.
+test split) and written as `<dataset>-<arch>-<attack>-seed<seed>.safetensors` — the weights as
+`state_dict.<name>` tensors and the learned trigger as `trigger.<name>` tensors, a file that cannot carry
+code — with `<same>.json` (`{"key", "file", "sha256", "meta"}`: the metadata, as JSON) and `<same>.zoo.yaml`,
+an entry to paste into a registry (`model.zoo_files`). Host the .safetensors at `export.url` and any harness
+can take its model from there. With `logger=wandb` (and `export.artifact=true`) the files are also logged as
+a wandb model artifact.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -26,10 +29,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from benchmark.core.errors import BenchmarkError
-from benchmark.core.io import atomic_torch_save, atomic_write_text
+from benchmark.core.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from benchmark.run.record import versions
 from benchmark.run.runtime import CONF_DIR, start_runtime
-from benchmark.sources.fetch import sha256_file
+from benchmark.weights.checkpoint import encode_safetensors
 
 if TYPE_CHECKING:
     from benchmark.run.config import RunConfig
@@ -48,7 +51,10 @@ class ExportSettings:
 
 @dataclass(frozen=True)
 class Exported:
+    """What an export wrote: the weights, their JSON sidecar and the registry entry (also as a dict)."""
+
     checkpoint: Path
+    sidecar: Path
     entry_file: Path
     key: str
     entry: dict[str, Any]
@@ -71,7 +77,7 @@ def build_entry(parts: RunConfig, metrics: dict[str, float], file: str, digest: 
         "url": f"{url.rstrip('/')}/{file}" if url else None,
         "file": file,
         "sha256": digest,
-        "format": "checkpoint",
+        "format": "safetensors",
         "member": None,
         "state_dict_key": "state_dict",
         "strip_prefix": [],
@@ -113,16 +119,15 @@ def export_cell(parts: RunConfig, settings: ExportSettings, device: torch.device
     key = f"{c['dataset']}/{c['arch']}/{c['attack']}"
     name = f"{c['dataset']}-{c['arch']}-{c['attack']}-seed{c['seed']}"
     out = Path(settings.dir).expanduser()
-    ckpt = out / f"{name}.pt"
+    ckpt, sidecar = out / f"{name}.safetensors", out / f"{name}.json"
     net = getattr(model, "net", model)
-    blob = {
-        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-        "trigger": {k: v.detach().cpu() for k, v in parts.attack.trigger_state().items()},
-        "meta": _plain({"key": key, "cell": c, "model_source": source, **metrics, "versions": versions()}),
-    }
-    atomic_torch_save(blob, ckpt)
-    ckpt.chmod(0o644)  # to be served by a web server: readable by others, unlike a private temp file
-    digest = sha256_file(ckpt)
+    data = encode_safetensors({"state_dict": net.state_dict(), "trigger": parts.attack.trigger_state()})
+    digest = hashlib.sha256(data).hexdigest()
+    meta = _plain({"key": key, "cell": c, "model_source": source, **metrics, "versions": versions()})
+    atomic_write_bytes(ckpt, data)
+    atomic_write_json(sidecar, {"key": key, "file": ckpt.name, "sha256": digest, "meta": meta})
+    for served in (ckpt, sidecar):  # to be served by a web server: readable by others, whatever the umask
+        served.chmod(0o644)
     entry = build_entry(parts, metrics, ckpt.name, digest, settings.url)
     header = f"# Zoo entry for {ckpt.name}; paste into a registry file (model.zoo_files=[...]).\n"
     if entry["url"] is None:
@@ -131,11 +136,11 @@ def export_cell(parts: RunConfig, settings: ExportSettings, device: torch.device
     atomic_write_text(entry_file, header + yaml.safe_dump({key: entry}, sort_keys=False, width=110))
     log.info("exported %s (sha256 %s, clean acc %.4f, ASR %.4f)", ckpt, digest, metrics["clean_acc"], metrics["asr"])
     log.info("registry entry: %s", entry_file)
-    return Exported(ckpt, entry_file, key, entry)
+    return Exported(ckpt, sidecar, entry_file, key, entry)
 
 
 def log_artifact(parts: RunConfig, settings: ExportSettings, run_dir: Path, exported: Exported) -> None:
-    """With logger=wandb: log the checkpoint and its entry as a wandb model artifact."""
+    """With logger=wandb: log the checkpoint, its sidecar and its entry as a wandb model artifact."""
     from benchmark.run.loggers import WandbLogger, make_logger
 
     if parts.logger.kind != "wandb" or not settings.artifact:
@@ -146,8 +151,8 @@ def log_artifact(parts: RunConfig, settings: ExportSettings, run_dir: Path, expo
     try:
         assert isinstance(logger, WandbLogger)
         artifact = wandb.Artifact(exported.checkpoint.stem, type="model", metadata=exported.entry)
-        artifact.add_file(str(exported.checkpoint))
-        artifact.add_file(str(exported.entry_file))
+        for file in (exported.checkpoint, exported.sidecar, exported.entry_file):
+            artifact.add_file(str(file))
         logger.run.log_artifact(artifact)
         log.info("wandb: logged model artifact %s", exported.checkpoint.stem)
     finally:

@@ -65,17 +65,19 @@ def _cache_parts(rc: RunConfig, device: torch.device) -> dict[str, Any]:
 
 
 def model_cache_path(rc: RunConfig, cache_dir: Path, device: torch.device) -> Path:
+    """The cell's backdoored model's cache entry (`.safetensors`; an older `.pt` of the same stem is migrated)."""
     key = cache_key(
         {**_cache_parts(rc, device), "attack": {"class": type(rc.attack).__qualname__, **asdict(rc.attack)}}
     )
     c = rc.key
-    return Path(cache_dir).expanduser() / f"{c.dataset}-{c.arch}-{c.attack}-seed{c.seed}-{key}.pt"
+    return Path(cache_dir).expanduser() / f"{c.dataset}-{c.arch}-{c.attack}-seed{c.seed}-{key}.safetensors"
 
 
 def clean_model_path(rc: RunConfig, cache_dir: Path, device: torch.device) -> Path:
+    """The cell's clean model's cache entry: its key leaves the attack out, so every attack shares it."""
     key = cache_key({**_cache_parts(rc, device), "attack": None})
     c = rc.key
-    return Path(cache_dir).expanduser() / f"{c.dataset}-{c.arch}-clean-seed{c.seed}-{key}.pt"
+    return Path(cache_dir).expanduser() / f"{c.dataset}-{c.arch}-clean-seed{c.seed}-{key}.safetensors"
 
 
 def new_model(rc: RunConfig, device: torch.device) -> nn.Module:

@@ -1,7 +1,8 @@
-"""What a downloaded file is (a checkpoint or an archive), and safe extraction of archives.
+"""What a downloaded file is (a checkpoint, a safetensors file or an archive), and safe extraction of archives.
 
 PyTorch checkpoints are themselves zip files (and very old ones tar files), so the kind is told from
-the contents, never from the name: the RNP weights are torch files named `*.tar`.
+the contents, never from the name: the RNP weights are torch files named `*.tar`, and a Google Drive
+download is cached under its file id, with no suffix at all.
 
 Extraction is all or nothing: every member is checked before anything is written, and an archive with
 an absolute path, a `..` component, a link leading out of the target, or a device file is refused
@@ -30,7 +31,7 @@ from benchmark.core.io import honour_umask
 
 log = logging.getLogger(__name__)
 
-Kind = Literal["checkpoint", "zip", "tar"]
+Kind = Literal["checkpoint", "safetensors", "zip", "tar"]
 TORCH_LEGACY_TAR = {"pickle", "storages", "tensors"}
 
 
@@ -40,6 +41,19 @@ class UnsafeArchiveError(BenchmarkError):
 
 TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX/GNU tar header
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
+
+
+def looks_like_safetensors(head: bytes) -> bool:
+    """Whether a file starting with `head` is a safetensors file: its JSON header's length, then `{`.
+
+    A torch zip ("PK..."), a pickle (0x80 ...) or a tar (a member name) read as that 8-byte little-endian
+    length gives far more than the limit, so they are never taken for one; a truncated safetensors file still is.
+    """
+    if len(head) < 9:
+        return False
+    size = int.from_bytes(head[:8], "little")
+    return 2 <= size <= SAFETENSORS_MAX_HEADER and head[8:9] == b"{"
 
 
 def _tar_names(path: Path) -> set[str] | None:
@@ -62,17 +76,21 @@ def _tar_names(path: Path) -> set[str] | None:
 
 
 def sniff(path: Path, declared: Kind | Literal["auto"] = "auto") -> Kind:
-    """`checkpoint` (torch zip, torch legacy tar or bare pickle), or a `zip`/`tar` archive of other files.
+    """`checkpoint` (torch zip, torch legacy tar or bare pickle), `safetensors`, or a `zip`/`tar` archive.
 
     Order: a tar by its header; then the `declared` kind (a zoo entry's `format`) when the file can be
-    one; then a zip (a torch checkpoint when it holds data.pkl and a version record); else a checkpoint.
+    one; then safetensors by its header; then a zip (a torch checkpoint when it holds data.pkl and a
+    version record); else a checkpoint.
     """
     names = _tar_names(path)
     if names is not None:
         return "checkpoint" if names >= TORCH_LEGACY_TAR and declared != "tar" else "tar"
     is_zip = zipfile.is_zipfile(path)
-    if declared == "checkpoint" or (declared == "zip" and is_zip):
+    if declared in ("checkpoint", "safetensors") or (declared == "zip" and is_zip):
         return declared
+    with open(path, "rb") as f:
+        if looks_like_safetensors(f.read(9)):
+            return "safetensors"
     if is_zip:
         with zipfile.ZipFile(path) as zf:
             zip_names = zf.namelist()

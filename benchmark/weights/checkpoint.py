@@ -1,7 +1,12 @@
 """Loading checkpoints we did not write, without running anything they carry.
 
-`torch.load(weights_only=True)` unpickles only tensors and plain containers; a file holding any other
-pickled object (a whole pickled model, or a payload that calls code) is refused with a clear error.
+A safetensors file holds tensors and a header of strings: reading one cannot run code. A torch file is
+read with `torch.load(weights_only=True)`, which unpickles only tensors and plain containers; a file
+holding any other pickled object (a whole pickled model, or a payload that calls code) is refused with a
+clear error. What we write (the model cache, exports) is safetensors in our layout: each tensor named
+`<group>.<name>` (groups `state_dict` and `trigger`, the keys of the older `.pt` dicts) and the header
+tagged with `LAYOUT`, so that reading it back gives the same `{"state_dict": ..., "trigger": ...}` dict
+as those did; an untagged safetensors file (anyone else's) reads as the flat state dict it is.
 Keys are matched strictly: a missing, unexpected or misshapen key is an error that lists them (the RNP
 reference silently kept random weights for keys it could not match).
 """
@@ -10,20 +15,26 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import json
 import pickle
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import Tensor, nn
 
 from benchmark.core.errors import BenchmarkError
+from benchmark.sources.archives import looks_like_safetensors
 
 # BatchNorm's step counter is bookkeeping, not a weight; checkpoints from before PyTorch 0.4.1 lack it.
 OPTIONAL_SUFFIXES = ("num_batches_tracked",)
 SHOW = 8  # keys listed per kind of mismatch
+SAFETENSORS_SUFFIX = ".safetensors"
+# The header tag of our grouped layout ("format": "pt" is the tag other tools look for).
+LAYOUT = {"format": "pt", "layout": "backdoor-benchmark.groups.v1"}
 
 
 class CheckpointError(BenchmarkError):
@@ -35,11 +46,18 @@ class UnsafeCheckpointError(CheckpointError):
 
 
 def read_checkpoint(path: Path) -> Any:
-    """The unpickled content of `path`, restricted to tensors and plain containers (nothing is executed)."""
+    """The content of `path`, restricted to tensors and plain containers (nothing is executed).
+
+    A safetensors file (by its suffix, or by its header: a Drive download has no suffix) is read as one;
+    anything else as a torch file.
+    """
+    path = Path(path)
     with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
+        head = f.read(512)
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html")):
         raise CheckpointError(f"{path} is an HTML page, not a checkpoint (an error or sign-in page saved instead?)")
+    if path.suffix.lower() == SAFETENSORS_SUFFIX or looks_like_safetensors(head):
+        return parse_safetensors(path.read_bytes(), str(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -55,6 +73,46 @@ def read_checkpoint(path: Path) -> Any:
         raise CheckpointError(
             f"{path} is not a readable PyTorch checkpoint (truncated or corrupted?): {_first_line(exc)}"
         ) from exc
+
+
+def encode_safetensors(groups: Mapping[str, Mapping[str, Tensor]]) -> bytes:
+    """The safetensors bytes of named groups of tensors, in our layout (see the module docstring).
+
+    Each tensor is copied to a contiguous CPU tensor of its own: safetensors refuses views, shared storage
+    and the channels_last weights our models train with.
+    """
+    flat: dict[str, Tensor] = {}
+    for group, tensors in groups.items():
+        if not group or "." in group:
+            raise ValueError(f"group name {group!r}: a group is a non-empty name without dots")
+        for name, t in tensors.items():
+            flat[f"{group}.{name}"] = t.detach().cpu().clone(memory_format=torch.contiguous_format)
+    return safetensors.torch.save(flat, metadata=dict(LAYOUT))
+
+
+def parse_safetensors(data: bytes, where: str) -> dict[str, Any]:
+    """The tensors in safetensors `data`: grouped (`{"state_dict": {...}, "trigger": {...}}`) when tagged
+    with our layout, else the flat dict. A damaged file is a one-line CheckpointError naming `where`.
+
+    Names come in sorted order: safetensors hands them out in an order that changes from process to process.
+    """
+    try:
+        loaded = safetensors.torch.load(data)
+        flat = {name: loaded[name] for name in sorted(loaded)}
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    except Exception as exc:  # safetensors raises SafetensorError (and others) for damaged files
+        raise CheckpointError(
+            f"{where} is not a readable safetensors file (truncated or corrupted?): {_first_line(exc)}"
+        ) from None
+    if (header.get("__metadata__") or {}).get("layout") != LAYOUT["layout"]:
+        return flat
+    grouped: dict[str, dict[str, Tensor]] = {}
+    for key, value in flat.items():
+        group, dot, name = key.partition(".")
+        if not dot:
+            raise CheckpointError(f"{where}: tensor {key!r} is not named <group>.<name> as its layout tag says")
+        grouped.setdefault(group, {})[name] = value
+    return grouped
 
 
 def _first_line(exc: BaseException) -> str:

@@ -42,7 +42,8 @@ from benchmark.weights.checkpoint import (
 log = logging.getLogger(__name__)
 
 ZOO_FILE = Path(CONF_DIR) / "zoo.yaml"
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".pkl", ".bin")
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".pkl", ".bin", ".safetensors")
+WEIGHT_FILES = ("checkpoint", "safetensors")  # the kinds `sniff` gives a single weights file (not an archive)
 # Failures that mean "this file is not what the zoo says": never silently fall back from them.
 INTEGRITY_ERRORS = (ChecksumError, UnsafeCheckpointError, UnsafeArchiveError)
 
@@ -74,7 +75,7 @@ class ZooEntry(Checked):
     url: str | None = None
     file: str | None = None
     sha256: str | None = None
-    format: Literal["auto", "checkpoint", "zip", "tar"] = "auto"
+    format: Literal["auto", "checkpoint", "safetensors", "zip", "tar"] = "auto"
     member: str | None = None
     state_dict_key: str | None = "state_dict"
     strip_prefix: list[str] = field(default_factory=lambda: ["module."])
@@ -177,7 +178,7 @@ def _checkpoints_in(folder: Path) -> list[str]:
     for p in folder.rglob("*"):
         rel = p.relative_to(folder)
         hidden = any(part.startswith((".", "__MACOSX")) for part in rel.parts)
-        if p.is_file() and not hidden and p.name.lower().endswith(CHECKPOINT_SUFFIXES) and sniff(p) == "checkpoint":
+        if p.is_file() and not hidden and p.name.lower().endswith(CHECKPOINT_SUFFIXES) and sniff(p) in WEIGHT_FILES:
             names.append(rel.as_posix())
     return sorted(names)
 
@@ -187,7 +188,7 @@ def locate(path: Path, entry: ZooEntry, digest: str) -> tuple[Path, str | None]:
     kind = sniff(path, entry.format)
     if entry.format != "auto" and kind != entry.format:
         raise CheckpointError(f"zoo entry {entry.key} says format={entry.format!r} but {path} is a {kind}")
-    if kind == "checkpoint":
+    if kind in WEIGHT_FILES:
         if entry.member:
             log.info("zoo entry %s: %s is a single checkpoint; member %r not needed", entry.key, path, entry.member)
         return path, None

@@ -24,7 +24,7 @@ from benchmark.run.config import build_run_config
 from benchmark.run.model import clean_model_path, model_cache_path, new_model
 from benchmark.run.natural import compose_attack
 from benchmark.run.record import result_problems
-from benchmark.weights.checkpoint import weights_digest
+from benchmark.weights.checkpoint import read_checkpoint, weights_digest
 from tests.conftest import compose_cfg, group_options, option_file, run_composed_cell
 
 # --- intervals ---------------------------------------------------------------------------------------------
@@ -113,12 +113,13 @@ def test_a_retrained_model_has_the_same_weights_digest_but_not_the_same_file_has
     again = _cell(["attack=badnets", "defense=none", "paths.cache=" + str(tmp_home / "cache2")], tmp_home / "b")
     assert first["model_source"] == again["model_source"] == "trained"
     assert first["weights_sha256"].startswith("sha256:") and first["weights_sha256"] == again["weights_sha256"]
-    (entry,) = (tmp_home / "cache1").glob("*.pt")
-    state = torch.load(entry, map_location="cpu", weights_only=True)["state_dict"]
+    (entry,) = (tmp_home / "cache1").glob("*.safetensors")
+    state = read_checkpoint(entry)["state_dict"]
     net = new_model(build_run_config(compose_cfg(["debug=default", "attack=badnets"])), torch.device("cpu"))
     net.load_state_dict(state)
     assert weights_digest(net) == first["weights_sha256"]  # the digest of the cached file's weights
-    net.state_dict()[next(iter(state))].view(-1)[0] += 1e-3
+    weight = next(k for k, v in state.items() if v.is_floating_point())  # by name: an int buffer may come first
+    net.state_dict()[weight].add_(1e-3)  # in place, whatever the layout (conv weights are channels_last)
     assert weights_digest(net) != first["weights_sha256"]
 
 

@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
+from benchmark.weights.checkpoint import read_checkpoint
 from tests.helpers.slurm_cluster import ClusterUnavailable, SlurmCluster
 
 pytestmark = pytest.mark.slow
@@ -198,11 +198,11 @@ def test_slurm_cancelled_task_leaves_no_result_and_rerun_resumes(slurm_cluster: 
     finished = cell_dir(sweep, "rnp") / "result.json"
     assert json.loads(finished.read_text())["model_source"] == "trained"
     # the cache holds one model, complete (atomic writes: a killed writer leaves at most a temp file)
-    models = sorted((tmp_path / "bench" / "models").glob("*.pt"))
+    models = sorted((tmp_path / "bench" / "models").glob("*.safetensors"))
     assert len(models) == 1
-    for pt in models:
-        assert "state_dict" in torch.load(pt, map_location="cpu", weights_only=True)
-        assert pt.with_suffix(".json").exists()
+    for entry in models:
+        assert "state_dict" in read_checkpoint(entry)
+        assert entry.with_suffix(".json").exists()
     before = (finished.stat().st_mtime_ns, finished.read_bytes())
 
     # the same command again: the finished cell is skipped, the cancelled one runs (from the cached model)

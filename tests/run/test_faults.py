@@ -19,9 +19,11 @@ import time
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from filelock import FileLock
 from omegaconf import OmegaConf
+from safetensors import safe_open
 from torch import nn
 
 from benchmark.core.errors import INTERRUPTED_EXIT
@@ -30,7 +32,7 @@ from benchmark.run.record import content_digest, write_result
 from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
 from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.sources.fetch import FetchError, Remote, fetch, meta_path
-from benchmark.weights.checkpoint import UnsafeCheckpointError
+from benchmark.weights.checkpoint import LAYOUT, UnsafeCheckpointError, encode_safetensors
 from benchmark.weights.model_cache import sidecar_path
 from benchmark.weights.zoo import ZooEntry, locate
 from tests.conftest import TINY, compose_cfg, through_cache
@@ -58,12 +60,21 @@ class Trainer:
         return {"trained": self.calls}, {"mask": torch.ones(2)}
 
 
+KEY = "embedded-convnet-badnets-seed0-0123456789abcdef"
+
+
 def _cached(tmp_path: Path) -> tuple[Path, Trainer]:
-    path = tmp_path / "models" / "embedded-convnet-badnets-seed0-0123456789abcdef.pt"
+    path = tmp_path / "models" / f"{KEY}.safetensors"
     trainer = Trainer()
     _, source, _, _ = through_cache(path, nn.Linear(3, 2), trainer, {"cell": "x"})
     assert source == "trained" and trainer.calls == 1
     return path, trainer
+
+
+def _forge_sidecar(path: Path) -> None:
+    """Make the sidecar name the file's present sha256: then only the loader stands guard."""
+    side = json.loads(sidecar_path(path).read_text())
+    sidecar_path(path).write_text(json.dumps({**side, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
 
 
 def _damage(path: Path, how: str) -> None:
@@ -73,18 +84,30 @@ def _damage(path: Path, how: str) -> None:
         path.write_bytes(os.urandom(4000))
     elif how == "empty":
         path.write_bytes(b"")
-    elif how == "wrong-shape":
-        torch.save({"state_dict": nn.Linear(5, 2).state_dict(), "meta": {}, "trigger": {}}, path)
-    elif how == "no-state-dict":
-        torch.save({"weights": [1, 2, 3]}, path)
     elif how == "no-sidecar":
         sidecar_path(path).unlink()
     elif how == "other-key":
         side = json.loads(sidecar_path(path).read_text())
         sidecar_path(path).write_text(json.dumps({**side, "key": "some-other-entry"}))
+    elif how == "bare-sidecar":  # the bare meta: trusted for an older .pt only, never for a safetensors entry
+        sidecar_path(path).write_text(json.dumps({"cell": "x"}))
+    else:  # a hash that matches, on content that is not a whole entry of ours
+        if how == "truncated-hashed":
+            path.write_bytes(path.read_bytes()[:-7])
+        elif how == "wrong-shape":
+            path.write_bytes(encode_safetensors({"state_dict": nn.Linear(5, 2).state_dict(), "trigger": {}}))
+        elif how == "foreign-group":
+            path.write_bytes(encode_safetensors({"state_dict": nn.Linear(3, 2).state_dict(), "extra": {"x": T1}}))
+        elif how == "untagged":
+            path.write_bytes(safetensors.torch.save(nn.Linear(3, 2).state_dict()))
+        elif how == "pickle":  # a torch file carrying code, under the safetensors name: never unpickled
+            torch.save({"state_dict": nn.Linear(3, 2).state_dict(), "meta": Payload(path.with_name("pwned"))}, path)
+        _forge_sidecar(path)
 
 
-DAMAGES = ["truncated", "random", "empty", "wrong-shape", "no-state-dict", "no-sidecar", "other-key"]
+T1 = torch.ones(1)
+DAMAGES = ["truncated", "random", "empty", "no-sidecar", "other-key", "bare-sidecar"]
+DAMAGES += ["truncated-hashed", "wrong-shape", "foreign-group", "untagged", "pickle"]
 
 
 @pytest.mark.parametrize("how", DAMAGES)
@@ -97,8 +120,8 @@ def test_damaged_cache_entry_is_moved_aside_and_rebuilt_with_one_warning(tmp_pat
     assert source == "trained" and trainer.calls == 2 and meta["trained"] == 2
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"{path} is damaged" in warnings[0] and "rebuilding" in warnings[0]
-    assert "weights_only" not in caplog.text and "Traceback" not in caplog.text
-    aside = sorted(path.parent.glob(f"{path.stem}.corrupt-*.pt"))
+    assert "\n" not in warnings[0] and "Traceback" not in caplog.text and not (tmp_path / "models" / "pwned").exists()
+    aside = sorted(path.parent.glob(f"{path.stem}.corrupt-*.safetensors"))
     assert len(aside) == 1 and aside[0].name in warnings[0] and aside[0].read_bytes() == damaged
     # the new entry is whole: its sidecar names its key and sha256, and the next run loads it
     side = json.loads(sidecar_path(path).read_text())
@@ -107,36 +130,93 @@ def test_damaged_cache_entry_is_moved_aside_and_rebuilt_with_one_warning(tmp_pat
     assert source == "cache" and trainer.calls == 2 and torch.equal(trigger["mask"], torch.ones(2))
 
 
-def test_cache_entry_carrying_code_is_refused_with_our_message_and_kept(tmp_path: Path) -> None:
+def test_cache_entry_round_trips_weights_trigger_and_meta_with_no_pickle_in_it(tmp_path: Path) -> None:
     path, trainer = _cached(tmp_path)
+    assert sorted(p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")) == [
+        f"{KEY}.json",
+        f"{KEY}.safetensors",
+    ]
+    with safe_open(path, "pt") as f:  # weights and trigger in one file; the meta only in the JSON sidecar
+        assert sorted(f.keys()) == ["state_dict.bias", "state_dict.weight", "trigger.mask"]
+        assert f.metadata() == LAYOUT
+    model, source, meta, trigger = through_cache(path, nn.Linear(3, 2), trainer, {})
+    assert source == "cache" and trainer.calls == 1 and meta == {"cell": "x", "trained": 1}
+    assert torch.all(model.weight == 0.5) and torch.equal(trigger["mask"], torch.ones(2))
+    assert json.loads(sidecar_path(path).read_text())["meta"] == meta
+
+
+def test_an_entry_is_a_safetensors_file(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"an entry is a \.safetensors file, not m\.pt"):
+        through_cache(tmp_path / "m.pt", nn.Linear(3, 2), Trainer(), {})
+
+
+def _legacy(tmp_path: Path, sidecar: str = "full", blob: dict | None = None) -> Path:
+    """An entry as the cache wrote it before safetensors: `<key>.pt` and its sidecar; the new entry's path."""
+    old = tmp_path / "models" / f"{KEY}.pt"
+    old.parent.mkdir(parents=True, exist_ok=True)
+    model = nn.Linear(3, 2)
+    nn.init.constant_(model.weight, 0.5)
+    meta = {"cell": "x", "trained": 1}
+    torch.save(blob or {"state_dict": model.state_dict(), "meta": meta, "trigger": {"mask": torch.ones(2)}}, old)
+    digest = hashlib.sha256(old.read_bytes()).hexdigest()
+    side = {"key": KEY, "sha256": digest, "meta": meta} if sidecar == "full" else meta  # before sha256: bare meta
+    sidecar_path(old).write_text(json.dumps(side))
+    return old.with_suffix(".safetensors")
+
+
+@pytest.mark.parametrize("sidecar", ["full", "before-sha256"])
+def test_older_pt_entry_is_read_once_and_rewritten_as_safetensors(tmp_path: Path, sidecar: str, caplog) -> None:
+    path, trainer = _legacy(tmp_path, sidecar), Trainer()
+    with caplog.at_level(logging.INFO, logger="benchmark.weights.model_cache"):
+        model, source, meta, trigger = through_cache(path, nn.Linear(3, 2), trainer, {})
+    assert source == "cache" and trainer.calls == 0 and meta == {"cell": "x", "trained": 1}
+    assert torch.all(model.weight == 0.5) and torch.equal(trigger["mask"], torch.ones(2))
+    assert f"{path.with_suffix('.pt')} loads strictly; rewritten as {path.name}, the .pt deleted" in caplog.text
+    assert not path.with_suffix(".pt").exists() and not list(path.parent.glob("*.corrupt-*"))
+    side = json.loads(sidecar_path(path).read_text())
+    assert side == {"key": path.stem, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "meta": meta}
+    model, source, meta, trigger = through_cache(path, nn.Linear(3, 2), trainer, {})  # now read as safetensors
+    assert source == "cache" and trainer.calls == 0 and meta == {"cell": "x", "trained": 1}
+    assert torch.all(model.weight == 0.5) and torch.equal(trigger["mask"], torch.ones(2))
+
+
+def test_older_pt_entry_carrying_code_is_refused_with_our_message_and_kept(tmp_path: Path) -> None:
     sentinel = tmp_path / "pwned"
-    torch.save({"state_dict": nn.Linear(3, 2).state_dict(), "meta": Payload(sentinel)}, path)
-    side = json.loads(sidecar_path(path).read_text())  # a sidecar forged to match: only the loader stands guard
-    sidecar_path(path).write_text(json.dumps({**side, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}))
+    path = _legacy(tmp_path, blob={"state_dict": nn.Linear(3, 2).state_dict(), "meta": Payload(sentinel)})
+    old, trainer = path.with_suffix(".pt"), Trainer()
     with pytest.raises(UnsafeCheckpointError) as err:
         through_cache(path, nn.Linear(3, 2), trainer, {})
     msg = str(err.value)
-    assert msg.startswith(f"Refused to load {path}") and "left in place" in msg and "weights_only" not in msg
-    assert not sentinel.exists() and path.exists() and trainer.calls == 1
+    assert msg.startswith(f"Refused to load {old}") and "left in place" in msg and "weights_only" not in msg
+    assert not sentinel.exists() and old.exists() and sidecar_path(old).exists() and trainer.calls == 0
+    assert not path.exists() and not list(path.parent.glob("*.corrupt-*"))
 
 
-def test_entry_from_before_sha256_sidecars_is_verified_once_and_upgraded(tmp_path: Path, caplog) -> None:
-    path, trainer = _cached(tmp_path)
-    sidecar_path(path).write_text(json.dumps({"cell": "x", "trained": 1}))  # the old sidecar: the bare meta
-    with caplog.at_level(logging.INFO, logger="benchmark.weights.model_cache"):
-        model, source, meta, _ = through_cache(path, nn.Linear(3, 2), trainer, {})
-    assert source == "cache" and trainer.calls == 1 and meta == {"cell": "x", "trained": 1}
-    assert torch.all(model.weight == 0.5) and "its sha256 is now recorded" in caplog.text
-    side = json.loads(sidecar_path(path).read_text())
-    assert side == {"key": path.stem, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "meta": meta}
-
-
-def test_old_entry_that_does_not_load_is_moved_aside(tmp_path: Path) -> None:
-    path, trainer = _cached(tmp_path)
-    sidecar_path(path).write_text(json.dumps({"cell": "x"}))
-    path.write_bytes(path.read_bytes()[:100])
+def test_damaged_older_pt_entry_is_moved_aside_and_rebuilt_as_safetensors(tmp_path: Path) -> None:
+    path, trainer = _legacy(tmp_path, "before-sha256"), Trainer()
+    old = path.with_suffix(".pt")
+    old.write_bytes(old.read_bytes()[:100])
     _, source, _, _ = through_cache(path, nn.Linear(3, 2), trainer, {})
-    assert source == "trained" and len(list(path.parent.glob("*.corrupt-*.pt"))) == 1
+    assert source == "trained" and trainer.calls == 1 and not old.exists()
+    assert len(list(path.parent.glob(f"{KEY}.corrupt-*.pt"))) == 1 and path.exists()
+
+
+@pytest.mark.parametrize("cut", ["before-sidecar", "before-delete"])
+def test_a_rewrite_cut_short_is_finished_without_retraining(tmp_path: Path, cut: str, caplog) -> None:
+    """Killed while rewriting a .pt: after the .safetensors (its sidecar still the .pt's), or before the delete."""
+    path, trainer = _legacy(tmp_path), Trainer()
+    old = path.with_suffix(".pt")
+    kept, side = old.read_bytes(), sidecar_path(old).read_text()
+    through_cache(path, nn.Linear(3, 2), trainer, {})
+    old.write_bytes(kept)
+    if cut == "before-sidecar":
+        sidecar_path(old).write_text(side)
+    with caplog.at_level(logging.WARNING, logger="benchmark.weights.model_cache"):
+        model, source, meta, _ = through_cache(path, nn.Linear(3, 2), trainer, {})
+    assert source == "cache" and trainer.calls == 0 and torch.all(model.weight == 0.5) and meta["trained"] == 1
+    warned = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not old.exists() and path.exists() and len(warned) == (cut == "before-sidecar")
+    assert json.loads(sidecar_path(path).read_text())["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.slow
@@ -144,7 +224,7 @@ def test_cli_run_heals_a_truncated_cache_entry(tmp_path: Path) -> None:
     """The user's view: the second run warns once, rebuilds, exits 0, and no traceback is printed."""
     first = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r1'}"], tmp_path, PYTHONPATH=ROOT)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    (entry,) = (tmp_path / "bench" / "models").glob("*.pt")
+    (entry,) = (tmp_path / "bench" / "models").glob("*.safetensors")
     entry.write_bytes(entry.read_bytes()[:1000])
     second = run_cli([*TINY, "defense=none", f"hydra.run.dir={tmp_path / 'r2'}"], tmp_path, PYTHONPATH=ROOT)
     out = second.stdout + second.stderr
@@ -152,7 +232,7 @@ def test_cli_run_heals_a_truncated_cache_entry(tmp_path: Path) -> None:
     assert "Traceback" not in out and "weights_only" not in out
     assert [ln for ln in out.splitlines() if "[WARNING]" in ln and "is damaged" in ln and "corrupt-" in ln]
     assert json.loads((tmp_path / "r2" / "result.json").read_text())["model_source"] == "trained"
-    assert len(list(entry.parent.glob("*.corrupt-*.pt"))) == 1
+    assert len(list(entry.parent.glob("*.corrupt-*.safetensors"))) == 1
 
 
 # ---------------------------------------------------------------- archives
@@ -294,7 +374,7 @@ def test_ctrl_c_in_a_cell_prints_one_line_and_exits_130(tmp_path: Path) -> None:
     lines = [ln for ln in out.splitlines() if ln.startswith("Interrupted (Ctrl-C)")]
     assert len(lines) == 1 and f"cell {tmp_path / 'run'} did not finish" in lines[0] and "rerun" in lines[0]
     assert not (tmp_path / "run" / "result.json").exists()
-    assert not list((tmp_path / "bench" / "models").glob("*.pt"))  # nothing half-written in the cache
+    assert not list((tmp_path / "bench" / "models").glob("*.safetensors"))  # nothing half-written in the cache
 
 
 @pytest.mark.slow

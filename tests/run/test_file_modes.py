@@ -61,7 +61,7 @@ def test_atomic_writes_get_the_mode_a_plain_write_gets(tmp_path: Path, umask: in
 
 
 def test_cached_model_and_its_sidecar_honour_the_umask(tmp_path: Path, umask: int) -> None:
-    path = tmp_path / "models" / "abc.pt"
+    path = tmp_path / "models" / "abc.safetensors"
     through_cache(path, torch.nn.Linear(2, 2), lambda m: ({"train_s": 0.0}, {}), {"key": "abc"})
     assert mode(path) == mode(path.with_suffix(".json")) == 0o666 & ~umask
 
@@ -87,7 +87,7 @@ def test_a_cells_result_and_cached_model_honour_the_umask(tmp_path: Path, mask: 
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(mask),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    models = sorted((tmp_path / "bench" / "models").rglob("*.pt"))
+    models = sorted((tmp_path / "bench" / "models").rglob("*.safetensors"))
     assert len(models) == 1
     files = [run_dir / "result.json", models[0], models[0].with_suffix(".json")]
     assert [oct(mode(f)) for f in files] == [oct(0o666 & ~mask)] * 3

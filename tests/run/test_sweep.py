@@ -201,7 +201,9 @@ def _train_once(path: str, log: str, out: str) -> None:
 def test_parallel_jobs_train_a_shared_model_once(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("fork")
     jobs = [
-        ctx.Process(target=_train_once, args=(str(tmp_path / "m.pt"), str(tmp_path / "log"), str(tmp_path / f"out{i}")))
+        ctx.Process(
+            target=_train_once, args=(str(tmp_path / "m.safetensors"), str(tmp_path / "log"), str(tmp_path / f"out{i}"))
+        )
         for i in range(3)
     ]
     for j in jobs:

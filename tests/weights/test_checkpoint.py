@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from benchmark.core.archs import build_arch
@@ -16,12 +17,14 @@ from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
+    encode_safetensors,
     load_strict,
     map_keys,
     pick_member,
     read_checkpoint,
     state_dict_of,
 )
+from benchmark.weights.zoo import ZooEntry, locate
 from tests.helpers.checkpoints import Payload
 
 
@@ -61,6 +64,51 @@ def test_truncated_and_junk_files_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint") as err:
         read_checkpoint(junk)
     assert not isinstance(err.value, UnsafeCheckpointError)
+
+
+def test_safetensors_files_are_read_by_suffix_or_by_header(tmp_path: Path) -> None:
+    """Ours (tagged) read back as the {"state_dict", "trigger"} dict; anyone else's as the flat state dict it is."""
+    src = small_resnet()
+    ours = tmp_path / "ours.safetensors"
+    ours.write_bytes(encode_safetensors({"state_dict": src.state_dict(), "trigger": {"mask": torch.ones(2)}}))
+    theirs = tmp_path / "gdrive-1AbC"  # a Drive download is cached under its id: told by its header
+    theirs.write_bytes(safetensors.torch.save({f"module.{k}": v.contiguous() for k, v in src.state_dict().items()}))
+    assert sniff(ours) == sniff(theirs) == "safetensors"
+    blob = read_checkpoint(ours)
+    assert sorted(blob) == ["state_dict", "trigger"] and torch.equal(blob["trigger"]["mask"], torch.ones(2))
+    assert list(blob["state_dict"]) == sorted(src.state_dict())  # the same order in every process
+    for state in (state_dict_of(blob), map_keys(state_dict_of(read_checkpoint(theirs)), ["module."])):
+        dst = small_resnet()
+        load_strict(dst, state, "test")
+        assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "junk", "torch-file"])
+def test_damaged_safetensors_file_is_a_one_line_error(tmp_path: Path, how: str) -> None:
+    good = encode_safetensors({"state_dict": small_resnet().state_dict()})
+    path = tmp_path / "w.safetensors"
+    if how == "torch-file":
+        torch.save({"w": torch.ones(1)}, path)
+    else:
+        path.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "junk": b"hello world" * 10}[how])
+    with pytest.raises(CheckpointError) as err:
+        read_checkpoint(path)
+    msg = str(err.value)
+    assert msg.startswith(f"{path} is not a readable safetensors file (truncated or corrupted?): SafetensorError")
+    assert "\n" not in msg and not isinstance(err.value, UnsafeCheckpointError)
+
+
+def test_a_safetensors_member_of_an_archive_is_located(tmp_path: Path) -> None:
+    data = encode_safetensors({"state_dict": small_resnet().state_dict()})
+    archive = _zip(tmp_path / "bundle.zip", {"w/model.safetensors": data, "w/README.txt": b"x"})
+    entry = ZooEntry(key="cifar10/resnet18/badnets", url="http://127.0.0.1/x")
+    found, member = locate(archive, entry, "a" * 64)
+    assert member == "w/model.safetensors" and found.read_bytes() == data
+    single = tmp_path / "model.bin"
+    single.write_bytes(data)
+    for fmt in ("auto", "safetensors", "checkpoint"):  # a single weights file either way
+        entry = ZooEntry(key="cifar10/resnet18/badnets", url="http://127.0.0.1/x", format=fmt)
+        assert locate(single, entry, "b" * 64) == (single, None)
 
 
 @pytest.mark.parametrize("layout", ["raw", "rnp-dict", "dataparallel"])

@@ -12,6 +12,7 @@ import pytest
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from safetensors import safe_open
 
 from benchmark.core.archs import build_arch
 from benchmark.core.errors import ConfigError
@@ -20,7 +21,7 @@ from benchmark.run.export import export_cell, export_config, log_artifact
 from benchmark.run.model import new_model, zoo_settings
 from benchmark.run.runtime import setup_runtime
 from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, meta_path
-from benchmark.weights.checkpoint import CheckpointError, UnsafeCheckpointError
+from benchmark.weights.checkpoint import LAYOUT, CheckpointError, UnsafeCheckpointError
 from benchmark.weights.zoo import ZooMismatchError, load_registry, model_from_zoo
 from tests.conftest import CONF, FAST, compose_cfg
 from tests.helpers.checkpoints import Payload
@@ -220,10 +221,16 @@ def test_exported_model_served_from_a_lab_zoo_runs_end_to_end(tmp_home, server, 
     exported = export_cell(parts, settings, setup_runtime(0, "cpu"))  # seeded as `python -m benchmark.export` is
     log_artifact(parts, settings, tmp_path, exported)  # logger=none: nothing to log, must not fail
     entry = yaml.safe_load(exported.entry_file.read_text())["embedded/convnet/badnets"]
-    assert entry["url"] == f"{server.base}/zoo/embedded-convnet-badnets-seed0.pt"
-    assert entry["sha256"] == sha(exported.checkpoint.read_bytes())
+    assert entry["url"] == f"{server.base}/zoo/embedded-convnet-badnets-seed0.safetensors"
+    assert entry["format"] == "safetensors" and entry["sha256"] == sha(exported.checkpoint.read_bytes())
     assert set(entry["reported"]) == {"clean_acc", "asr", "robust_acc"}
-    server.files["zoo/embedded-convnet-badnets-seed0.pt"] = exported.checkpoint.read_bytes()
+    with safe_open(exported.checkpoint, "pt") as f:  # weights and trigger tensors only: nothing to unpickle
+        tag, names = f.metadata(), list(f.keys())
+    assert tag == LAYOUT and names and all(k.startswith(("state_dict.", "trigger.")) for k in names)
+    side = json.loads(exported.sidecar.read_text())  # the metadata, as JSON beside it
+    assert exported.sidecar.name == "embedded-convnet-badnets-seed0.json" and side["sha256"] == entry["sha256"]
+    assert side["meta"]["key"] == "embedded/convnet/badnets" and set(entry["reported"]) <= set(side["meta"])
+    server.files["zoo/embedded-convnet-badnets-seed0.safetensors"] = exported.checkpoint.read_bytes()
 
     user = tmp_path / "user"  # another machine: empty caches
     user.mkdir()
@@ -239,7 +246,7 @@ def test_exported_model_served_from_a_lab_zoo_runs_end_to_end(tmp_home, server, 
     before = {k: round(v, 6) for k, v in result["before"].items()}
     assert before == entry["reported"], (before, entry["reported"])
     assert result["defense_info"]["curve"] and set(result["after"]) == {"clean_acc", "asr", "robust_acc"}
-    assert not (user / "bench" / "models").exists() or not any((user / "bench" / "models").glob("*.pt"))
+    assert not (user / "bench" / "models").exists() or not any((user / "bench" / "models").glob("*.safetensors"))
     assert "model: from the zoo, entry embedded/convnet/badnets" in (run_dir / "benchmark.log").read_text()
 
 
