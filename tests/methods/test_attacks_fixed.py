@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from attacks.ablend import AdaptiveBlend
-from attacks.base import Attack
 from attacks.blend import Blend
 from attacks.poison import poison_train, poison_train_split, triggered_test
 from attacks.sig import SIG
 from attacks.wanet import WaNet
-from benchmark.core.archs import build_classifier
-from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
-from benchmark.core.evaluate import evaluate
-from benchmark.core.training import TrainRecipe, train_classifier
-from tests.helpers.budgets import BUDGETS
 
 
 def images(n: int = 16, c: int = 3, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -165,31 +159,3 @@ def test_poisoning_is_deterministic_by_seed_and_varies_with_it() -> None:
     a, b, c = (poison_train_split(data, attack, 10, gen(s)) for s in (0, 0, 1))
     assert torch.equal(a.images.x, b.images.x) and torch.equal(a.cover, b.cover)
     assert not torch.equal(a.index, c.index)
-
-
-# --- Slow: each attack implants a backdoor in a small convnet on the embedded data ------------------
-
-# Small-scale settings that differ from the defaults are named here: WaNet's subtle warp needs 10 epochs;
-# A-Blend's paper rates (0.3%) would poison only 12 of these 4,000 images, so it uses 5% payload + 5% cover.
-IMPLANT = [
-    ("blend", Blend(), 3),
-    ("sig", SIG(), 3),
-    ("wanet", WaNet(), 10),
-    ("ablend", AdaptiveBlend(poison_rate=0.05, cover_rate=0.05), 6),
-]
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name,attack,epochs", IMPLANT, ids=[row[0] for row in IMPLANT])
-def test_attack_implants_a_backdoor(name: str, attack: Attack, epochs: int, embedded) -> None:
-    min_asr = BUDGETS["attack"][name].min_asr
-    torch.manual_seed(0)
-    g = gen()
-    poisoned, _ = poison_train(embedded.train, attack, 10, g)
-    triggered = triggered_test(embedded.test, attack, 10)
-    model = build_classifier("convnet", 10, 1, [0.286], [0.353], width=16)
-    recipe = TrainRecipe(epochs=epochs, batch_size=128, lr=0.05, warmup_epochs=0.5)
-    train_classifier(model, poisoned, recipe, AugmentSpec(crop_pad=2, flip=False), g)
-    m = evaluate(model, embedded.test, triggered)
-    print(f"{name}: clean acc {m.clean_acc:.3f}  ASR {m.asr:.3f}")
-    assert m.asr > min_asr and m.clean_acc > 0.6, m  # chance ASR is about 0.1
