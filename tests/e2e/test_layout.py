@@ -5,6 +5,7 @@ import cycles."""
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,54 +35,43 @@ def _imports() -> dict[str, set[str]]:
     return {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
 
 
+def _within(*floors: str) -> Callable[[str], bool]:
+    """A module test: the module is one of `floors` or sits inside one of them."""
+    return lambda m: any(m == f or m.startswith(f + ".") for f in floors)
+
+
+def _edges(importer: Callable[[str], bool], imported: Callable[[str], bool]) -> list[tuple[str, str]]:
+    """Every (module, dependency) pair where `importer` holds for the module and `imported` for what it imports."""
+    return sorted((m, d) for m, deps in _imports().items() if importer(m) for d in deps if imported(d))
+
+
+METHODS = _within("attacks", "defenses")
+
+
 def test_methods_import_only_the_core() -> None:
-    bad = [
-        (m, d)
-        for m, deps in _imports().items()
-        if m.startswith(("attacks", "defenses"))
-        for d in deps
-        if d.startswith("benchmark") and not d.startswith("benchmark.core") and d != "benchmark"
-    ]
+    bad = _edges(METHODS, lambda d: _within("benchmark")(d) and not _within("benchmark.core")(d) and d != "benchmark")
     assert not bad, f"attacks/ and defenses/ may import only benchmark.core: {bad}"
 
 
 def test_methods_never_import_the_sources() -> None:
     """Downloading, archives and loaders are the harness's business: a method gets its images as tensors."""
-    bad = [
-        (m, d)
-        for m, deps in _imports().items()
-        if m.startswith(("attacks", "defenses"))
-        for d in deps
-        if d == "benchmark.sources" or d.startswith("benchmark.sources.")
-    ]
+    bad = _edges(METHODS, _within("benchmark.sources"))
     assert not bad, f"attacks/ and defenses/ import benchmark.sources: {bad}"
 
 
 def test_sources_stand_on_core_only() -> None:
-    bad = [
-        (m, d)
-        for m, deps in _imports().items()
-        if m == "benchmark.sources" or m.startswith("benchmark.sources.")
-        for d in deps
-        if d.startswith(ABOVE_SOURCES)
-    ]
+    bad = _edges(_within("benchmark.sources"), _within(*ABOVE_SOURCES))
     assert not bad, f"benchmark/sources imports the floors above it (or the methods): {bad}"
 
 
 def test_core_imports_nothing_above_it() -> None:
-    bad = [
-        (m, d)
-        for m, deps in _imports().items()
-        if m.startswith("benchmark.core")
-        for d in deps
-        if d.startswith(ABOVE_CORE)
-    ]
+    bad = _edges(_within("benchmark.core"), _within(*ABOVE_CORE))
     assert not bad, f"benchmark/core imports the floors above it: {bad}"
 
 
 def test_the_product_never_imports_the_studies() -> None:
     """Studies (scale study, perf, GPU check) stand on the product; the product runs without them."""
-    bad = [(m, d) for m, deps in _imports().items() if m.startswith(PRODUCT) for d in deps if d.startswith("studies")]
+    bad = _edges(_within(*PRODUCT), _within("studies"))
     assert not bad, f"benchmark/, attacks/ and defenses/ may not import studies/: {bad}"
 
 
