@@ -12,7 +12,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from benchmark.core.errors import BenchmarkError, stop_interrupted
+from benchmark.core.errors import BenchmarkError, DiskFullError, stop_interrupted
+from benchmark.core.io import disk_full
 from benchmark.run.help import register_help_resolver
 from benchmark.run.runtime import CONF_DIR, start_runtime
 
@@ -37,6 +38,11 @@ def main(cfg: DictConfig) -> None:
         run_cell(rc, run_dir, start_runtime(rc))
     except BenchmarkError as exc:
         log.error("%s", exc)
+        sys.exit(2)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        log.error("%s", DiskFullError(Path(exc.filename or run_dir).parent, None, f"running cell {run_dir}"))
         sys.exit(2)
     except KeyboardInterrupt:
         stop_interrupted(

@@ -225,6 +225,10 @@ def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Pa
             log.exception("cell failed")
         if (run_dir / RESULT).exists():  # written before the failure (e.g. in logging): not a finished cell
             os.replace(run_dir / RESULT, run_dir / STALE)
-        path = record_failure(run_dir, cfg, exc, time.perf_counter() - start)
+        try:
+            path = record_failure(run_dir, cfg, exc, time.perf_counter() - start)
+        except OSError as again:  # a full disk that failed the cell fails its failed.json too: say so, go on
+            log.error("cell %s not recorded (failed.json could not be written: %s); the sweep goes on", run_dir, again)
+            return "failed"
         log.error("wrote %s; the sweep goes on", path)
         return "failed"

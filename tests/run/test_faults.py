@@ -7,6 +7,7 @@ message, the exit code, that no traceback reaches the user, and what is left on 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from torch import nn
 
-from benchmark.core.errors import INTERRUPTED_EXIT
+from benchmark.core.errors import INTERRUPTED_EXIT, DiskFullError
 from benchmark.report.table import read_cell
 from benchmark.run.record import content_digest, write_result
 from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
@@ -485,3 +486,60 @@ def test_cell_another_sweep_is_running_is_skipped_with_a_log_line(tmp_home: Path
         holder.wait()
     with FileLock(lock_file).acquire(timeout=5):  # released with its holder's death, not left stale
         pass
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+class _FullDisk:
+    """A file whose writes fail as a full disk does (ENOSPC), standing in for the real one from os.fdopen."""
+
+    def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+        self.f = f
+
+    def write(self, _data) -> int:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real(fd, *a, **k)))
+
+
+def test_a_full_disk_under_the_model_cache_is_one_message_naming_the_folder(tmp_path: Path, full_disk) -> None:
+    path = tmp_path / "models" / f"{KEY}.safetensors"
+    with pytest.raises(DiskFullError) as err:
+        through_cache(path, nn.Linear(3, 2), Trainer(), {"cell": "x"})
+    msg = str(err.value)
+    assert str(path.parent) in msg and "needs about" in msg and "\n" not in msg
+    assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-written
+
+
+def test_a_full_disk_under_result_json_names_the_folder_and_the_size(tmp_path: Path, full_disk) -> None:
+    with pytest.raises(DiskFullError, match=r"holding .* while writing result\.json: it needs about") as err:
+        write_result(tmp_path / "cell", _result({"seed": 0}))
+    assert str(tmp_path / "cell") in str(err.value) and list((tmp_path / "cell").iterdir()) == []
+
+
+def test_a_sweep_cell_on_a_full_disk_fails_alone_in_one_line(tmp_home: Path, full_disk, caplog) -> None:
+    cfg = compose_cfg([*TINY, "defense_data.size=99999"])  # fails at the door, then failed.json meets the full disk
+    sweep = tmp_home / "sweep"
+    run_dir = sweep / "embedded" / "convnet" / "badnets" / "none" / "seed0"
+    with caplog.at_level(logging.ERROR, logger="benchmark"):
+        assert run_sweep_cell(cfg, run_dir, 0, sweep) == "failed"
+    last = caplog.records[-1].getMessage()
+    assert "not recorded" in last and "No space left on the device holding" in last and str(run_dir) in last
+    assert not (run_dir / "failed.json").exists() and "Traceback" not in caplog.text
