@@ -458,9 +458,10 @@ def test_result_from_before_digests_is_resumed_and_reported_as_it_is(tmp_path: P
     run_dir = tmp_path / "embedded" / "convnet" / "badnets" / "none" / "seed0"
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(json.dumps(_result(config)))  # no digest field
-    assert resume_check(run_dir, config)[0]
-    row = read_cell(tmp_path, run_dir / "result.json").row
-    assert row["status"] == "ok" and row["error"] == ""
+    done, why = resume_check(run_dir, config)
+    assert done and "no digest" in why and "not verified" in why  # resumed, but the log says so (WARNING)
+    cell = read_cell(tmp_path, run_dir / "result.json")
+    assert cell.row["status"] == "ok" and cell.row["error"] == "" and "not verified" in cell.notes[0]
 
 
 # ---------------------------------------------------------------- two sweeps, one directory
