@@ -19,6 +19,7 @@ import torch
 
 from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, make_splits
+from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
@@ -45,11 +46,21 @@ def timed(timing: dict[str, float], phase: str) -> Iterator[None]:
         timing[phase] = round(timing.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
+def check_image_size(name: str, size: int, shape: tuple[int, ...]) -> None:
+    """The images must be `dataset.size` square: a dataset that does not resize would else be recorded wrongly."""
+    if shape != (size, size):
+        raise ConfigError(
+            f"dataset.size={size} is invalid for {name}: its images are {shape[0]}x{shape[1]} and it does not "
+            f"resize them (allowed: {shape[0]})"
+        )
+
+
 def prepare_data(rc: RunConfig, device: torch.device) -> CellData:
     """Load the dataset, split off the reserve and draw the defense data from it."""
     ds = rc.dataset
     source = Source(ds.download, file_specs(ds.files), ds.mirror, ds.size)
     train, test = load_dataset(ds.name, Path(rc.paths.data), source)
+    check_image_size(ds.name, ds.size, tuple(train.x.shape[-2:]))
     splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     pick = torch.randperm(len(splits.reserve), generator=Streams(rc.seed).defense_subset())[: rc.defense_data.size]
     return CellData(

@@ -36,7 +36,7 @@ class DatasetConfig(Checked):
     name: str
     num_classes: int = bounded(10, 2)
     channels: int = bounded(3, 1)
-    size: int = bounded(32, 8)
+    size: int = bounded(32, 8, 1024)  # resized once and cached: larger would fill memory and disk
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     reserve: int = bounded(1000, 0)
