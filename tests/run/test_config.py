@@ -157,3 +157,8 @@ def test_a_size_the_data_does_not_have_is_refused_not_recorded(tmp_home) -> None
     rc = build_run_config(compose_cfg(["dataset=embedded", "dataset.size=64"]))
     with pytest.raises(ConfigError, match=r"dataset.size=64 is invalid for embedded: its images are 28x28"):
         prepare_data(rc, torch.device("cpu"))
+
+
+def test_a_pseudo_file_system_is_not_writable_even_for_root(tmp_home) -> None:
+    with pytest.raises(ConfigError, match=r"paths\.cache=/proc/h25/cache is not writable: /proc refuses a new file"):
+        check_writable(Path("/proc/h25/cache"), "paths.cache")
