@@ -105,3 +105,16 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda f: f.write(data), "wb", len(data))
+
+
+def write_probe(folder: Path) -> str | None:
+    """Why a file cannot be created in `folder` (None when it can): tried for real, since os.access approves
+    pseudo file systems (/proc, /sys) and read-only mounts for root."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    return None

@@ -21,11 +21,12 @@ from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, make_splits
 from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import Metrics, evaluate
+from benchmark.core.io import write_probe
 from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
 from benchmark.run.config import RunConfig, check_writable
 from benchmark.run.loggers import make_logger
-from benchmark.run.model import CellData, obtain_model
+from benchmark.run.model import CellData, obtain_model, own_cache
 from benchmark.run.natural import natural_asr, natural_attacks, natural_record
 from benchmark.run.record import assemble_result, write_csv, write_result
 from benchmark.run.runtime import runtime_info
@@ -88,12 +89,23 @@ def evaluate_curve(
     return rows
 
 
+def check_cache(cache: Path, own: Path) -> None:
+    """paths.cache must be writable, unless it is a shared cache mounted read-only and the user's own is not."""
+    if cache.resolve() == own.resolve() or not cache.is_dir() or write_probe(cache) is None:
+        check_writable(cache, "paths.cache")
+        return
+    check_writable(own, "the own model cache (paths.cache is read-only)")
+    log.info(
+        "model cache: paths.cache=%s is read-only: verified models are read from it, new ones go to %s", cache, own
+    )
+
+
 def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
     """Run one cell and write `result.json` (+ `curve.csv`) into `run_dir`; returns the result."""
     start = time.perf_counter()
     timing: dict[str, float] = {}
     check_writable(run_dir, "the run directory")
-    check_writable(Path(rc.paths.cache), "paths.cache")
+    check_cache(Path(rc.paths.cache).expanduser(), own_cache(rc))
     natural = natural_attacks(rc.attack, rc.dataset.name, rc.dataset.num_classes)  # attack=none only
     log.info("cell: %s", ", ".join(f"{k}={v}" for k, v in rc.cell.items()))
     with timed(timing, "data"):

@@ -8,10 +8,7 @@ benchmark.run.key) is the one identity of the cell.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +23,7 @@ from attacks.base import Attack
 from benchmark.core.archs import arch_names
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.errors import ConfigError
+from benchmark.core.io import write_probe
 from benchmark.core.precision import AUTO, PRECISIONS, Precision
 from benchmark.core.training import TrainRecipe
 from benchmark.core.validation import Checked, bounded
@@ -269,16 +267,3 @@ def check_writable(path: Path, what: str) -> None:
     why = write_probe(probe)
     if why:
         raise ConfigError(f"{what}={path} is not writable: {probe} refuses a new file ({why})")
-
-
-def write_probe(folder: Path) -> str | None:
-    """Why a file cannot be created in `folder` (None when it can): tried for real, since os.access approves
-    pseudo file systems (/proc, /sys) and read-only mounts for root."""
-    try:
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
-    os.close(fd)
-    with contextlib.suppress(OSError):
-        os.unlink(tmp)
-    return None

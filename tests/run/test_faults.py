@@ -33,6 +33,7 @@ from benchmark.run.record import content_digest, write_result
 from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
 from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.sources.fetch import FetchError, Remote, fetch, meta_path
+from benchmark.weights import model_cache
 from benchmark.weights.checkpoint import LAYOUT, UnsafeCheckpointError, encode_safetensors
 from benchmark.weights.model_cache import sidecar_path
 from benchmark.weights.zoo import ZooEntry, locate
@@ -544,3 +545,45 @@ def test_a_sweep_cell_on_a_full_disk_fails_alone_in_one_line(tmp_home: Path, ful
     last = caplog.records[-1].getMessage()
     assert "not recorded" in last and "No space left on the device holding" in last and str(run_dir) in last
     assert not (run_dir / "failed.json").exists() and "Traceback" not in caplog.text
+
+
+# ---------------------------------------------------------------- a shared cache mounted read-only
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Folders made read-only (mode 0555, which root ignores, so the probe that a real read-only mount would
+    fail is answered as that mount answers it: EROFS)."""
+    folders: list[Path] = []
+    real = model_cache.write_probe
+
+    def probe(folder: Path) -> str | None:
+        return "Read-only file system" if Path(folder) in folders else real(folder)
+
+    monkeypatch.setattr(model_cache, "write_probe", probe)
+    yield folders
+    for folder in folders:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_shared_cache_is_read_without_a_lock_and_new_entries_go_to_the_own(tmp_path, read_only, caplog):
+    shared, own = tmp_path / "lab" / "models", tmp_path / "home" / "models"
+    path, _ = _cached(tmp_path / "lab")
+    assert path.parent == shared
+    for lock in shared.glob("*.lock"):
+        lock.unlink()
+    before = sorted(p.name for p in shared.iterdir())
+    shared.chmod(0o555)
+    read_only.append(shared)
+    with caplog.at_level(logging.INFO, logger="benchmark.weights.model_cache"):
+        with model_cache.entry(path, nn.Linear(3, 2), own) as e:
+            assert e.hit and e.path == path
+        assert "read-only cache" in caplog.text
+        other = shared / f"{KEY.replace('seed0', 'seed1')}.safetensors"  # not in the shared cache: trained into own
+        with model_cache.entry(other, nn.Linear(3, 2), own) as e:
+            assert not e.hit and e.path == own / other.name
+            e.store({"cell": "y"}, {})
+    assert sorted(p.name for p in shared.iterdir()) == before  # no lock, no entry, nothing written there
+    assert (own / other.name).exists() and f"is read-only; this entry is kept in your own cache {own}" in caplog.text
+    with model_cache.entry(other, nn.Linear(3, 2), own) as e:  # the next run finds it in the own cache
+        assert e.hit and e.path == own / other.name
