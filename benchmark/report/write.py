@@ -146,6 +146,9 @@ class ReportCallback(Callback):
         except NoCellsError as exc:  # no cell left a file (all killed?): nothing to report, no traceback
             log.error("%s", exc)
             failed = True
+        except BenchmarkError as exc:  # a full disk, say: one line, then how to redo the report
+            log.error("report not written: %s Rerun it with: python -m benchmark.report %s", exc, root)
+            failed = True
         except Exception:  # the cells' results are safe on disk; say how to redo the report
             log.exception("report failed; rerun it with: python -m benchmark.report %s", root)
             failed = True
@@ -183,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-ca-drop={args.max_ca_drop} is out of range: allowed [0.0, 1.0]")
     try:
         report = write_report(args.dir, args.max_ca_drop, plots=not args.no_plots)
-    except NoCellsError as exc:
+    except BenchmarkError as exc:  # no cells, a full disk
         print(exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -122,3 +123,29 @@ def test_a_cell_another_sweep_is_running_is_named_in_the_report(tmp_path: Path) 
     write_report(root, plots=False)
     assert "left out" not in (root / "results.md").read_text()
     assert os.path.exists(root / "results.md")
+
+
+def test_a_full_disk_leaves_the_old_report_and_says_so_in_one_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    root = _sweep(tmp_path / "sweep", {})
+    write_report(root, plots=False)
+    old = {p: p.read_text() for p in root.iterdir() if p.suffix in (".csv", ".md", ".html")}
+    real = os.fdopen
+
+    class Full:
+        def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+            self.f = f
+
+        def write(self, _data) -> int:  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            return self
+
+        def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+            self.f.close()
+
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: Full(real(fd, *a, **k)))
+    assert report_write.main([str(root), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert f"No space left on the device holding {root} while writing the report" in err and "Traceback" not in err
+    assert {p: p.read_text() for p in old} == old and not [p for p in root.iterdir() if p.name.endswith(".tmp")]
