@@ -1,7 +1,7 @@
 try:
-    from benchmark.run.cli import main
+    from benchmark.run.cli import entry
 
-    main()
+    entry()
 except KeyboardInterrupt:  # outside a cell (a cell says which one itself): at start-up or in the sweep's report
     from benchmark.core.errors import stop_interrupted
 

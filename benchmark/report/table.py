@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from benchmark.report.schema import NO_DIGEST, load_json, type_problems
 from benchmark.report.stats import Interval, Paired, t_interval
 from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.record import METRIC_KEYS, comparable, flatten, result_problems
@@ -39,6 +40,7 @@ class Cell:
     info: dict[str, Any] = field(default_factory=dict)
     natural: dict[str, Any] = field(default_factory=dict)  # result.json's natural_asr (attack=none cells)
     model_sha256: str | None = None
+    notes: list[str] = field(default_factory=list)  # what results.md should say about this file (no digest)
 
     @property
     def ok(self) -> bool:
@@ -67,15 +69,15 @@ def _base_row(root: Path, path: Path, cell: Any) -> dict[str, Any]:
 def read_cell(root: Path, path: Path) -> Cell:
     """A Cell from one file; an unreadable or incomplete result.json becomes an `invalid` row."""
     try:
-        obj = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        obj = load_json(path)
+    except (OSError, ValueError, RecursionError) as exc:
         return Cell({**_base_row(root, path, None), "status": "invalid", "error": f"unreadable: {exc}"})
     row = _base_row(root, path, obj.get("cell") if isinstance(obj, dict) else None)
     if path.name == "failed.json":
         error = obj.get("error", "unknown error") if isinstance(obj, dict) else "unreadable failed.json"
         config = obj.get("config") if isinstance(obj, dict) and isinstance(obj.get("config"), dict) else {}
         return Cell({**row, "status": "failed", "error": str(error)}, config=config)
-    problems = result_problems(obj)
+    problems = result_problems(obj) + (type_problems(obj) if isinstance(obj, dict) else [])
     if problems:
         return Cell({**row, "status": "invalid", "error": "; ".join(problems)})
     row.update(status="ok", model_source=obj.get("model_source"))
@@ -97,6 +99,7 @@ def read_cell(root: Path, path: Path) -> Cell:
         info=info,
         natural=natural,
         model_sha256=obj.get("model_sha256"),
+        notes=[] if "digest" in obj else [NO_DIGEST],
     )
 
 

@@ -14,10 +14,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.core.errors import BenchmarkError, stop_interrupted
-from benchmark.core.io import atomic_write_text
 from benchmark.report.html import html_report
 from benchmark.report.markdown import first_line, markdown
+from benchmark.report.schema import notes_markdown, report_notes, write_set
 from benchmark.report.table import Cell, Group, Key, collect, columns, group_cells, summary_rows, to_csv
+from benchmark.run.sweep import cells_running
 
 log = logging.getLogger("benchmark.report")
 
@@ -44,24 +45,35 @@ def write_report(root: Path, max_ca_drop: float = 0.05, plots: bool = True) -> R
     root = Path(root)
     if not root.is_dir():
         raise NoCellsError(f"report: {root} is not a directory (pass a sweep dir, e.g. outputs/multirun/NAME)")
-    cells = collect(root)
+    cells, running = collect(root), cells_running(root)
     if not cells:
         raise NoCellsError(
-            f"report: no result.json or failed.json under {root}; nothing written (pass a sweep dir, "
-            "e.g. outputs/multirun/NAME, after its cells ran)"
+            f"report: no result.json or failed.json under {root}; nothing written "
+            + (
+                f"({len(running)} cell(s) are being run by another sweep now: {', '.join(running)}; rerun the "
+                "report when it finishes)"
+                if running
+                else "(pass a sweep dir, e.g. outputs/multirun/NAME, after its cells ran)"
+            )
         )
     groups = group_cells(cells)
     rows = [c.row for c in cells]
     files = [root / "results.csv", root / "summary.csv", root / "results.md", root / "report.html"]
-    atomic_write_text(files[0], to_csv(rows, columns(rows)))
     summary = summary_rows(groups)
-    atomic_write_text(files[1], to_csv(summary, list(dict.fromkeys(k for r in summary for k in r))))
     images: dict[Key, list[str]] = {}
     if plots:
         images = _plots(root, groups)
-        files += [root / p for ps in images.values() for p in ps]
-    atomic_write_text(files[2], markdown(root, cells, groups, max_ca_drop, images))
-    atomic_write_text(files[3], html_report(root, cells, groups, max_ca_drop, images))
+    notes = report_notes(cells, running)
+    for line in notes:
+        log.warning("report: %s", line)
+    texts = [  # all rendered before any is written: one odd cell cannot leave them disagreeing
+        to_csv(rows, columns(rows)),
+        to_csv(summary, list(dict.fromkeys(k for r in summary for k in r))),
+        markdown(root, cells, groups, max_ca_drop, images) + notes_markdown(notes),
+        html_report(root, cells, groups, max_ca_drop, images),
+    ]
+    write_set(dict(zip(files, texts, strict=True)))
+    files += [root / p for ps in images.values() for p in ps]
     log.info("report: %d cells (%d failed or invalid) -> %s", len(cells), sum(not c.ok for c in cells), files[2])
     return Report(cells, files)
 
@@ -134,6 +146,9 @@ class ReportCallback(Callback):
         except NoCellsError as exc:  # no cell left a file (all killed?): nothing to report, no traceback
             log.error("%s", exc)
             failed = True
+        except BenchmarkError as exc:  # a full disk, say: one line, then how to redo the report
+            log.error("report not written: %s Rerun it with: python -m benchmark.report %s", exc, root)
+            failed = True
         except Exception:  # the cells' results are safe on disk; say how to redo the report
             log.exception("report failed; rerun it with: python -m benchmark.report %s", root)
             failed = True
@@ -171,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--max-ca-drop={args.max_ca_drop} is out of range: allowed [0.0, 1.0]")
     try:
         report = write_report(args.dir, args.max_ca_drop, plots=not args.no_plots)
-    except NoCellsError as exc:
+    except BenchmarkError as exc:  # no cells, a full disk
         print(exc, file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,12 +19,14 @@ import torch
 
 from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, make_splits
+from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import Metrics, evaluate
+from benchmark.core.io import write_probe
 from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
 from benchmark.run.config import RunConfig, check_writable
 from benchmark.run.loggers import make_logger
-from benchmark.run.model import CellData, obtain_model
+from benchmark.run.model import CellData, obtain_model, own_cache
 from benchmark.run.natural import natural_asr, natural_attacks, natural_record
 from benchmark.run.record import assemble_result, write_csv, write_result
 from benchmark.run.runtime import runtime_info
@@ -45,11 +47,21 @@ def timed(timing: dict[str, float], phase: str) -> Iterator[None]:
         timing[phase] = round(timing.get(phase, 0.0) + time.perf_counter() - start, 3)
 
 
+def check_image_size(name: str, size: int, shape: tuple[int, ...]) -> None:
+    """The images must be `dataset.size` square: a dataset that does not resize would else be recorded wrongly."""
+    if shape != (size, size):
+        raise ConfigError(
+            f"dataset.size={size} is invalid for {name}: its images are {shape[0]}x{shape[1]} and it does not "
+            f"resize them (allowed: {shape[0]})"
+        )
+
+
 def prepare_data(rc: RunConfig, device: torch.device) -> CellData:
     """Load the dataset, split off the reserve and draw the defense data from it."""
     ds = rc.dataset
     source = Source(ds.download, file_specs(ds.files), ds.mirror, ds.size)
     train, test = load_dataset(ds.name, Path(rc.paths.data), source)
+    check_image_size(ds.name, ds.size, tuple(train.x.shape[-2:]))
     splits = make_splits(train, test, ds.num_classes, ds.reserve, ds.split_seed, ds.train_limit, ds.test_limit)
     pick = torch.randperm(len(splits.reserve), generator=Streams(rc.seed).defense_subset())[: rc.defense_data.size]
     return CellData(
@@ -77,12 +89,23 @@ def evaluate_curve(
     return rows
 
 
+def check_cache(cache: Path, own: Path) -> None:
+    """paths.cache must be writable, unless it is a shared cache mounted read-only and the user's own is not."""
+    if cache.resolve() == own.resolve() or not cache.is_dir() or write_probe(cache) is None:
+        check_writable(cache, "paths.cache")
+        return
+    check_writable(own, "the own model cache (paths.cache is read-only)")
+    log.info(
+        "model cache: paths.cache=%s is read-only: verified models are read from it, new ones go to %s", cache, own
+    )
+
+
 def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
     """Run one cell and write `result.json` (+ `curve.csv`) into `run_dir`; returns the result."""
     start = time.perf_counter()
     timing: dict[str, float] = {}
     check_writable(run_dir, "the run directory")
-    check_writable(Path(rc.paths.cache), "paths.cache")
+    check_cache(Path(rc.paths.cache).expanduser(), own_cache(rc))
     natural = natural_attacks(rc.attack, rc.dataset.name, rc.dataset.num_classes)  # attack=none only
     log.info("cell: %s", ", ".join(f"{k}={v}" for k, v in rc.cell.items()))
     with timed(timing, "data"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -12,12 +13,30 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from benchmark.core.errors import BenchmarkError, stop_interrupted
+from benchmark.core.errors import BenchmarkError, DiskFullError, stop_interrupted
+from benchmark.core.io import disk_full
 from benchmark.run.help import register_help_resolver
 from benchmark.run.runtime import CONF_DIR, start_runtime
 
 log = logging.getLogger("benchmark")
 register_help_resolver()  # the option lists of `--help` (conf/hydra/help/benchmark.yaml)
+
+
+OUTPUT_DIR = re.compile(r"\+{0,2}hydra\.(run|sweep)\.dir=(.*)")
+NO_OUTPUT = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--shell-completion", "-sc")
+
+
+def check_output_dirs(argv: list[str]) -> None:
+    """Refuse an output folder (hydra.run.dir / hydra.sweep.dir, else ./outputs) that cannot be written,
+    before Hydra tries to create it and fails with a traceback of its own."""
+    from benchmark.run.config import check_writable  # imported here: `--help` answers without it
+
+    if any(a in NO_OUTPUT or a.startswith(("--cfg=", "--info=")) for a in argv):
+        return
+    given = [(m.group(1), m.group(2).strip("'\"")) for m in map(OUTPUT_DIR.fullmatch, argv) if m]
+    for kind, value in given or [("run", "outputs")]:
+        if "${" not in value:  # an interpolation is Hydra's to resolve
+            check_writable(Path(value), f"hydra.{kind}.dir")
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -38,6 +57,11 @@ def main(cfg: DictConfig) -> None:
     except BenchmarkError as exc:
         log.error("%s", exc)
         sys.exit(2)
+    except OSError as exc:
+        if not disk_full(exc):
+            raise
+        log.error("%s", DiskFullError(Path(exc.filename or run_dir).parent, None, f"running cell {run_dir}"))
+        sys.exit(2)
     except KeyboardInterrupt:
         stop_interrupted(
             f"cell {run_dir} did not finish and was not recorded",
@@ -45,6 +69,16 @@ def main(cfg: DictConfig) -> None:
         )
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """`python -m benchmark`: the output folder checked first, then Hydra."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
+    try:
+        check_output_dirs(sys.argv[1:])
+    except BenchmarkError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     main()
+
+
+if __name__ == "__main__":
+    entry()

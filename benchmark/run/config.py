@@ -8,7 +8,7 @@ benchmark.run.key) is the one identity of the cell.
 
 from __future__ import annotations
 
-import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +17,13 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from attacks.base import Attack
 from benchmark.core.archs import arch_names
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.errors import ConfigError
+from benchmark.core.io import write_probe
 from benchmark.core.precision import AUTO, PRECISIONS, Precision
 from benchmark.core.training import TrainRecipe
 from benchmark.core.validation import Checked, bounded
@@ -36,7 +38,7 @@ class DatasetConfig(Checked):
     name: str
     num_classes: int = bounded(10, 2)
     channels: int = bounded(3, 1)
-    size: int = bounded(32, 8)
+    size: int = bounded(32, 8, 1024)  # resized once and cached: larger would fill memory and disk
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
     reserve: int = bounded(1000, 0)
@@ -112,6 +114,9 @@ def _plain(node: Any) -> dict[str, Any]:
     return out
 
 
+TARGET_PACKAGES = {"Attack": "attacks", "Defense": "defenses"}  # where each kind's classes live
+
+
 def build_target(node: DictConfig, base: type) -> Any:
     """Instantiate a `_target_` node (minus its `name`) and check that it is a `base`."""
     params = OmegaConf.to_container(node, resolve=True)
@@ -121,7 +126,16 @@ def build_target(node: DictConfig, base: type) -> Any:
     target = params.pop("_target_", None)
     if target is None:
         raise ConfigError(f"{base.__name__} config has no _target_")
-    cls = get_class(target)
+    package = TARGET_PACKAGES[base.__name__]
+    if not (isinstance(target, str) and re.fullmatch(rf"{package}\.[A-Za-z_][\w.]*", target)):
+        raise ConfigError(  # checked before importing: a module named here would run its code on import
+            f"_target_={target!r} is not allowed for {base.__name__.lower()}: it must be one of the project's own "
+            f"classes, {package}.<module>.<Class> (choose an option of its config group instead)"
+        )
+    try:
+        cls = get_class(target)
+    except (ImportError, ValueError, AttributeError) as exc:
+        raise ConfigError(f"_target_={target!r} cannot be loaded: {str(exc).splitlines()[0]}") from None
     if not (isinstance(cls, type) and issubclass(cls, base)):
         raise ConfigError(f"_target_={target!r} is not a {base.__name__}")
     try:
@@ -191,6 +205,24 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
 
 def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) -> RunConfig:
     """Validate the whole config up front: bad values fail here, naming the value and what is allowed."""
+    try:
+        return _build_run_config(cfg, choices)
+    except OmegaConfBaseException as exc:  # an unset ${oc.env:NAME}, a missing ??? value, a bad interpolation
+        raise ConfigError(unresolved_message(exc)) from None
+
+
+def unresolved_message(exc: Exception) -> str:
+    """One paragraph for a config value OmegaConf cannot resolve."""
+    detail = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+    key = getattr(exc, "full_key", None)
+    where = f" at {key}" if key else ""
+    return (
+        f"the config cannot be resolved{where}: {detail}. An ${{oc.env:NAME}} needs NAME set in the environment "
+        "(or a default: ${oc.env:NAME,default}); a ??? value needs an override."
+    )
+
+
+def _build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None) -> RunConfig:
     scalars = check_settings(cfg)
     seed = scalars.pop("seed")
     dataset = typed_section(DatasetConfig, cfg.dataset, "dataset")
@@ -232,5 +264,6 @@ def check_writable(path: Path, what: str) -> None:
         probe = probe.parent
     if not probe.is_dir():
         raise ConfigError(f"{what}={path} cannot be created: {probe} is a file, not a directory")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{what}={path} is not writable: no write permission on {probe}")
+    why = write_probe(probe)
+    if why:
+        raise ConfigError(f"{what}={path} is not writable: {probe} refuses a new file ({why})")

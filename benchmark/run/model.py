@@ -9,6 +9,7 @@ Attacks that start from a clean model (TrojanNN, CL, FC, AWP) get it from the sa
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,9 +148,16 @@ def train_clean(job: Job, model: nn.Module) -> dict[str, Any]:
     return {"train_history": history, "train_seconds": seconds, "runtime": runtime_info(device, rc.precision)}
 
 
+def own_cache(rc: RunConfig) -> Path:
+    """Where new entries go when `paths.cache` is a shared cache mounted read-only: the user's own cache."""
+    home = os.environ.get("BENCHMARK_HOME") or str(Path.home() / ".cache" / "backdoor-benchmark")
+    return Path(home).expanduser() / "models"
+
+
 def clean_model(job: Job) -> Obtained:
     """The clean model (cached): the start of TrojanNN, CL, FC and AWP, and the model of `attack=none` cells."""
-    with model_cache.entry(clean_model_path(job.rc, Path(job.rc.paths.cache), job.device), job.new_model()) as e:
+    path = clean_model_path(job.rc, Path(job.rc.paths.cache), job.device)
+    with model_cache.entry(path, job.new_model(), own_cache(job.rc)) as e:
         if not e.hit:
             e.store({**_cell_meta(job.rc, "clean"), **train_clean(job, e.model)}, {})
     log.info("clean model for %s: %s", job.rc.key.attack, e.source)
@@ -213,7 +221,7 @@ def _test_metrics(model: nn.Module, rc: RunConfig, data: CellData) -> dict[str, 
 def backdoored_model(job: Job) -> Obtained:
     """The backdoored model from the cache, else trained and stored; the attack's trigger state restored."""
     rc, device = job.rc, job.device
-    with model_cache.entry(model_cache_path(rc, Path(rc.paths.cache), device), job.new_model()) as e:
+    with model_cache.entry(model_cache_path(rc, Path(rc.paths.cache), device), job.new_model(), own_cache(rc)) as e:
         if e.hit:
             rc.attack.load_trigger_state({k: v.to(device) for k, v in e.trigger.items()})
         else:

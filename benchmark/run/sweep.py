@@ -55,8 +55,8 @@ def resume_check(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
         return False, "no result.json"
     try:
         result = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        return False, f"result.json is unreadable ({exc})"
+    except (OSError, ValueError, RecursionError) as exc:
+        return False, f"result.json is unreadable ({str(exc)[:200]})"
     problems = result_problems(result)
     if problems:
         return False, "result.json is incomplete or altered: " + "; ".join(problems[:3])
@@ -67,6 +67,8 @@ def resume_check(run_dir: Path, config: dict[str, Any]) -> tuple[bool, str]:
     if changed:
         more = f" (+{len(changed) - 5} more)" if len(changed) > 5 else ""
         return False, "the config changed: " + ", ".join(changed[:5]) + more
+    if "digest" not in result:
+        return True, "result.json matches the config but has no digest (older, or its digest removed): not verified"
     return True, "result.json is complete and matches the config"
 
 
@@ -164,12 +166,31 @@ def with_wandb_group(rc: RunConfig, sweep_dir: Path) -> RunConfig:
     return dataclasses.replace(rc, logger=dataclasses.replace(rc.logger, group=group), resolved=resolved)
 
 
+def _rel(run_dir: Path, sweep_dir: Path) -> str:
+    try:
+        return Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()).as_posix()
+    except ValueError:  # a run dir outside the sweep dir (a custom hydra.sweep.subdir)
+        return Path(run_dir).resolve().as_posix()
+
+
+def cells_running(sweep_dir: Path) -> list[str]:
+    """The cells of `sweep_dir` whose lock a live process holds now (another sweep is running them)."""
+    running = []
+    for note in sorted((Path(sweep_dir) / ".locks").glob("cell-*.json")):
+        lock = FileLock(str(note.with_suffix(".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                running.append(str(json.loads(note.read_text()).get("path")))
+        else:
+            lock.release()
+    return running
+
+
 def cell_lock(run_dir: Path, sweep_dir: Path) -> FileLock:
     """The lock a sweep holds on one cell while it checks, runs and records it (`<sweep>/.locks/cell-...lock`)."""
-    try:
-        rel = Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()).as_posix()
-    except ValueError:  # a run dir outside the sweep dir (a custom hydra.sweep.subdir)
-        rel = Path(run_dir).resolve().as_posix()
+    rel = _rel(run_dir, sweep_dir)
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", rel.replace("/", "__"))
     lock_dir = Path(sweep_dir) / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
@@ -187,9 +208,16 @@ def run_sweep_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Path
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        log.info("sweep: skipping %s: another sweep is running this cell now (%s is held)", run_dir, lock.lock_file)
+        log.warning(
+            "sweep: skipping %s: another sweep is running this cell now (%s is held); this sweep's report leaves "
+            "it out: rerun the sweep after that one finishes to include it",
+            run_dir,
+            lock.lock_file,
+        )
         return "running"
     try:
+        with contextlib.suppress(OSError):  # who holds the lock, for a report made meanwhile (cells_running)
+            atomic_write_json(Path(lock.lock_file).with_suffix(".json"), {"path": _rel(run_dir, sweep_dir)})
         return _run_locked_cell(cfg, run_dir, job_num, sweep_dir)
     except KeyboardInterrupt:
         stop_interrupted(
@@ -207,7 +235,7 @@ def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Pa
         if rc.resume:
             done, why = resume_check(run_dir, rc.resolved)
             if done:
-                log.info("resume: skipping %s: %s", run_dir, why)
+                (log.warning if "not verified" in why else log.info)("resume: skipping %s: %s", run_dir, why)
                 return "skipped"
             if (run_dir / RESULT).exists():
                 log.warning("resume: rerunning %s: %s", run_dir, why)
@@ -225,6 +253,10 @@ def _run_locked_cell(cfg: DictConfig, run_dir: Path, job_num: int, sweep_dir: Pa
             log.exception("cell failed")
         if (run_dir / RESULT).exists():  # written before the failure (e.g. in logging): not a finished cell
             os.replace(run_dir / RESULT, run_dir / STALE)
-        path = record_failure(run_dir, cfg, exc, time.perf_counter() - start)
+        try:
+            path = record_failure(run_dir, cfg, exc, time.perf_counter() - start)
+        except OSError as again:  # a full disk that failed the cell fails its failed.json too: say so, go on
+            log.error("cell %s not recorded (failed.json could not be written: %s); the sweep goes on", run_dir, again)
+            return "failed"
         log.error("wrote %s; the sweep goes on", path)
         return "failed"

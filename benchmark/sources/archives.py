@@ -12,6 +12,7 @@ whole. Members land in a temporary directory that is renamed into place only whe
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import logging
 import lzma
@@ -26,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Literal
 
-from benchmark.core.errors import BenchmarkError
+from benchmark.core.errors import BenchmarkError, DiskFullError, human_size
 from benchmark.core.io import honour_umask
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,16 @@ class UnsafeArchiveError(BenchmarkError):
 TAR_MAGIC_OFFSET = 257  # "ustar" in a POSIX/GNU tar header
 COMPRESSED_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")  # gzip, bzip2, xz
 SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit on its JSON header
+# Bounds on what one archive may write: ImageNet-12 (several GB of JPEGs, ~1:1) and GTSRB (PPM zips, a few
+# times their size) fit far inside them; a bomb (kB expanding to GB) does not.
+MAX_TOTAL_BYTES = 256 * 2**30  # 256 GiB
+MAX_MEMBERS = 5_000_000
+MAX_RATIO = 200  # expanded size / archive size, once past FREE_BYTES
+FREE_BYTES = 256 * 2**20  # an archive may always expand to this much, whatever its ratio
+
+
+class ArchiveTooLargeError(UnsafeArchiveError):
+    """An archive would expand beyond the bounds (an archive bomb), or beyond the free space of its folder."""
 
 
 def looks_like_safetensors(head: bytes) -> bool:
@@ -134,6 +145,22 @@ def _check_link(member: tarfile.TarInfo, archive: Path) -> None:
             depth += 1
 
 
+def check_expansion(archive: Path, sizes: list[int], folder: Path) -> None:
+    """Refuse, before writing anything, an archive whose members exceed the bounds or the free space."""
+    total, count, packed = sum(sizes), len(sizes), archive.stat().st_size
+    bound = min(MAX_TOTAL_BYTES, max(FREE_BYTES, MAX_RATIO * packed))
+    if count > MAX_MEMBERS or total > bound:
+        raise ArchiveTooLargeError(
+            f"Refused to extract {archive}: {count} members expanding to {human_size(total)} from "
+            f"{human_size(packed)} exceeds the bounds (at most {MAX_MEMBERS} members and {human_size(bound)}: "
+            f"{MAX_RATIO} times the archive, at most {human_size(MAX_TOTAL_BYTES)}); an archive bomb or not the "
+            "expected file. Nothing was extracted."
+        )
+    free = shutil.disk_usage(folder).free
+    if total > free:
+        raise DiskFullError(folder, total, f"extracting {archive.name}")
+
+
 def _check_zip(zf: zipfile.ZipFile, archive: Path) -> None:
     for info in zf.infolist():
         _check_name(info.filename, archive)
@@ -192,9 +219,21 @@ def extract_many(archives: list[Path], target: Path, kinds: list[Kind | None] | 
 
 @contextlib.contextmanager
 def _reading(archive: Path) -> Iterator[None]:
-    """Reading errors of a truncated or corrupted archive become one error naming the file."""
+    """Reading errors of a truncated or corrupted archive become one error naming the file.
+
+    The stdlib's extraction filter refusing a member (a symlink chain climbing out, say) is not damage:
+    it is an unsafe archive, which stops the run in every model.source mode.
+    """
     try:
         yield
+    except tarfile.FilterError as exc:
+        raise UnsafeArchiveError(
+            f"Refused to extract {archive}: {exc} (the standard library's extraction filter). Nothing was extracted."
+        ) from exc
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise DiskFullError(Path(exc.filename or archive).parent, None, f"extracting {archive.name}") from exc
+        raise
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
         raise DamagedArchiveError(archive, exc) from exc
 
@@ -205,10 +244,12 @@ def _extract_into(archive: Path, folder: Path, kind: Kind) -> None:
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(zf, archive)
-                zf.extractall(folder)
+                check_expansion(archive, [i.file_size for i in zf.infolist()], folder)
+                zf.extractall(folder)  # zipfile stops each member at its declared size
         else:
             with tarfile.open(archive) as tf:
                 _check_tar(tf, archive)
+                check_expansion(archive, [m.size for m in tf.getmembers() if m.isfile()], folder)
                 tf.extractall(folder, filter="data")  # the stdlib's own guard as a second line of defence
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from filelock import FileLock
 
 from benchmark.core.errors import BenchmarkError, ConfigError, DataMissingError
-from benchmark.core.io import atomic_write_json, honour_umask
+from benchmark.core.io import atomic_write_json, honour_umask, write_probe
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +299,20 @@ def _drop_partials_of_other_source(tmp: Path, remote: Remote) -> None:
             part.unlink()
 
 
+def _read_only_cached(dest: Path, sha256: str | None, md5: str | None, what: str) -> Fetched:
+    """A file in a read-only folder: used without a lock (nothing is written) when it has its pinned hashes."""
+    digest = sha256_file(dest)
+    if (sha256 is not None and digest != sha256) or (md5 is not None and md5_file(dest) != md5):
+        raise ChecksumError(
+            f"{what}: {dest} (in a read-only folder) does not have its pinned sha256/md5 and cannot be replaced "
+            "there; ask who maintains that folder, or point the setting naming it at a writable folder"
+        )
+    if sha256 is None and md5 is None:
+        log.warning("%s: %s is in a read-only folder and not pinned: used as it is (sha256 %s)", what, dest, digest)
+    log.info("%s: using %s from a read-only folder (no lock needed to read)", what, dest)
+    return Fetched(dest, digest, downloaded=False)
+
+
 def _verify_cached(dest: Path, remote: Remote, sha256: str | None, md5: str | None) -> Fetched | None:
     """The cached file if it is intact; a file that fails a pinned hash is deleted (then re-fetched)."""
     if not dest.exists():
@@ -377,6 +391,8 @@ def fetch(
     check_sha256(sha256)
     check_md5(md5)
     dest = Path(dest).expanduser()
+    if dest.is_file() and write_probe(dest.parent) is not None:  # a shared folder mounted read-only
+        return _read_only_cached(dest, sha256, md5, what)
     dest.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(dest) + ".lock"):
         cached = _verify_cached(dest, remote, sha256, md5)

@@ -39,7 +39,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from benchmark.core.io import atomic_write_bytes, atomic_write_json
+from benchmark.core.io import atomic_write_bytes, atomic_write_json, write_probe
 from benchmark.sources.fetch import sha256_file
 from benchmark.weights.checkpoint import (
     SAFETENSORS_SUFFIX,
@@ -115,17 +115,29 @@ class CacheEntry:
 
 
 @contextlib.contextmanager
-def entry(path: Path, model: nn.Module) -> Iterator[CacheEntry]:
+def entry(path: Path, model: nn.Module, own: Path | None = None) -> Iterator[CacheEntry]:
     """The entry at `path` (`<key>.safetensors`), held under its file lock until the block ends: a hit
     (loaded into `model`) or a miss.
 
     An older `<key>.pt` is read instead when there is no `<key>.safetensors`, and rewritten as one. A damaged
     entry is moved aside and handed out as a miss; a `.pt` carrying pickled code is refused. A miss the block
     leaves unstored (training failed) writes nothing.
+
+    A shared cache mounted read-only (`own` given, the folder refusing a new file): a verified entry is loaded
+    from it without a lock (a lock is only needed to write); a missing or damaged one is taken from, or
+    trained into, `own` (the user's writable cache) instead, and the shared folder is left untouched.
     """
     path = Path(path)
     if path.suffix != SAFETENSORS_SUFFIX:
         raise ValueError(f"model cache: an entry is a {SAFETENSORS_SUFFIX} file, not {path.name}")
+    if own is not None and own != path.parent and path.parent.is_dir() and write_probe(path.parent) is not None:
+        e = CacheEntry(path, model)
+        if path.exists() and _read_only_load(e):
+            log.info("model: loaded from the read-only cache %s (verified; reading needs no lock)", path)
+            yield e
+            return
+        log.info("model cache: %s is read-only; this entry is kept in your own cache %s", path.parent, own)
+        path = Path(own) / path.name
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         e = CacheEntry(path, model)
@@ -134,6 +146,19 @@ def entry(path: Path, model: nn.Module) -> Iterator[CacheEntry]:
         else:
             log.info("model: not cached, training it (cache key %s)", path.stem)
         yield e
+
+
+def _read_only_load(e: CacheEntry) -> bool:
+    """Fill `e` from its entry in a read-only cache if it proves whole; else False (nothing moved, one warning)."""
+    try:
+        e.meta, e.trigger, e.sha256 = _verified(e.path, e.model)
+    except UnsafeCheckpointError:
+        raise
+    except CheckpointError as exc:
+        log.warning("model cache: %s in the read-only cache is not usable (%s)", e.path, str(exc).splitlines()[0])
+        return False
+    e.hit = True
+    return True
 
 
 def _load(e: CacheEntry) -> bool:

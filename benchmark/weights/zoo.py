@@ -13,8 +13,10 @@ archive escaping its directory) stop the run in every mode: they mean the file i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -46,6 +48,8 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".pkl", ".bin", ".safeten
 WEIGHT_FILES = ("checkpoint", "safetensors")  # the kinds `sniff` gives a single weights file (not an archive)
 # Failures that mean "this file is not what the zoo says": never silently fall back from them.
 INTEGRITY_ERRORS = (ChecksumError, UnsafeCheckpointError, UnsafeArchiveError)
+GDRIVE_ID = re.compile(r"[A-Za-z0-9_-]+")  # what Google Drive file ids are made of
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # a file name that is safe on every system
 
 
 class ZooMismatchError(ConfigError):
@@ -93,8 +97,16 @@ class ZooEntry(Checked):
             raise ConfigError(f"zoo entry {self.key!r}: keys are 'dataset/arch/attack'")
         self.remote()  # exactly one of gdrive / url
         check_sha256(self.sha256, f"zoo entry {self.key}: ")
-        if self.file is not None and ("/" in self.file or "\\" in self.file or self.file in ("", ".", "..")):
-            raise ConfigError(f"zoo entry {self.key}: file={self.file!r} is invalid: expected a bare file name")
+        if self.file is not None and not SAFE_NAME.fullmatch(self.file):
+            raise ConfigError(
+                f"zoo entry {self.key}: file={self.file!r} is invalid: expected a bare file name "
+                "(letters, digits, '.', '_', '-'; not starting with '.')"
+            )
+        if self.gdrive is not None and not GDRIVE_ID.fullmatch(self.gdrive):
+            raise ConfigError(
+                f"zoo entry {self.key}: gdrive={self.gdrive!r} is invalid: a Google Drive file id is letters, "
+                "digits, '_' and '-' only"
+            )
 
     def remote(self) -> Remote:
         return Remote(gdrive=self.gdrive, url=self.url)
@@ -105,8 +117,18 @@ class ZooEntry(Checked):
             return self.file
         if self.gdrive:
             return f"gdrive-{self.gdrive}"
-        name = PurePosixPath(str(self.url).split("?")[0]).name
-        return name or "download"
+        name = PurePosixPath(str(self.url).split("?")[0].split("#")[0]).name
+        if SAFE_NAME.fullmatch(name):
+            return name
+        return "url-" + hashlib.sha256(str(self.url).encode()).hexdigest()[:16]  # a registry's URL is untrusted
+
+
+def under(folder: Path, name: str, what: str) -> Path:
+    """`folder / name`, refused unless it stays inside `folder` (names from a registry are untrusted)."""
+    path = folder / name
+    if path.resolve().parent != folder.resolve():
+        raise UnsafeCheckpointError(f"{what}: the file name {name!r} would be written outside {folder}; refused")
+    return path
 
 
 @dataclass
@@ -201,7 +223,7 @@ def load_entry(entry: ZooEntry, cfg: ModelSource, attack: Attack, build: Callabl
     """Fetch, verify and load the entry's checkpoint into a new model (and restore a learned trigger)."""
     fetched = fetch(
         entry.remote(),
-        Path(cfg.zoo_dir).expanduser() / entry.cache_name(),
+        under(Path(cfg.zoo_dir).expanduser(), entry.cache_name(), f"zoo entry {entry.key}"),
         entry.sha256,
         timeout_s=cfg.timeout_s,
         deadline_s=cfg.deadline_s,

@@ -84,3 +84,25 @@ def test_wandb_logger_runs_offline_without_an_api_key(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     runs = list((run_dir / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def _one_paragraph(proc) -> str:  # type: ignore[no-untyped-def]
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out[-2000:]
+    assert "Traceback" not in out and "Error executing job" not in out
+    return out
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_message_before_hydra(tmp_path: Path) -> None:
+    (tmp_path / "a_file").write_text("x")
+    for bad in (tmp_path / "a_file" / "run", Path("/proc/h25-run")):
+        out = _one_paragraph(run_cli([*FAST, f"hydra.run.dir={bad}"], tmp_path, timeout=60))
+        assert f"hydra.run.dir={bad}" in out
+
+
+def test_a_foreign_target_and_an_unset_env_variable_are_one_message(tmp_path: Path) -> None:
+    run = f"hydra.run.dir={tmp_path / 'run'}"
+    out = _one_paragraph(run_cli([*FAST, "defense._target_=os.system", run], tmp_path, timeout=60))
+    assert "_target_='os.system' is not allowed for defense" in out
+    out = _one_paragraph(run_cli([*FAST, "seed=${oc.env:H25_SURELY_UNSET}", run], tmp_path, timeout=60))
+    assert "H25_SURELY_UNSET" in out and "needs NAME set in the environment" in out

@@ -50,6 +50,7 @@ def test_defaults_are_the_paper_cell(tmp_home) -> None:
         ("threads=0", "threads=0 is invalid: expected an integer >= 1"),
         ("eval.batch_size=0", "batch_size=0 is out of range"),
         ("precision=fp16", "precision='fp16' is invalid: choose from auto, fp32, bf16"),
+        ("dataset.size=100000", "size=100000 is out of range: allowed [8, 1024]"),
     ],
 )
 def test_bad_values_fail_with_the_value_and_the_range(override: str, needle: str, tmp_home) -> None:
@@ -147,3 +148,17 @@ def test_the_studies_presets_stay_found_when_a_command_line_adds_a_lab_folder(tm
     (tmp_path / "experiment").mkdir()
     cfg = compose_cfg([f"hydra.searchpath=[file://{tmp_path}]", "experiment=scale_study"])
     assert cfg.sweep_name == OmegaConf.load(STUDIES_CONF / "experiment/scale_study.yaml").sweep_name
+
+
+def test_a_size_the_data_does_not_have_is_refused_not_recorded(tmp_home) -> None:
+    """embedded and fashion_mnist do not resize: dataset.size=64 on their 28x28 images would be ignored."""
+    from benchmark.run.cell import prepare_data
+
+    rc = build_run_config(compose_cfg(["dataset=embedded", "dataset.size=64"]))
+    with pytest.raises(ConfigError, match=r"dataset.size=64 is invalid for embedded: its images are 28x28"):
+        prepare_data(rc, torch.device("cpu"))
+
+
+def test_a_pseudo_file_system_is_not_writable_even_for_root(tmp_home) -> None:
+    with pytest.raises(ConfigError, match=r"paths\.cache=/proc/h25/cache is not writable: /proc refuses a new file"):
+        check_writable(Path("/proc/h25/cache"), "paths.cache")

@@ -7,6 +7,7 @@ message, the exit code, that no traceback reaches the user, and what is left on 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -26,12 +27,13 @@ from omegaconf import OmegaConf
 from safetensors import safe_open
 from torch import nn
 
-from benchmark.core.errors import INTERRUPTED_EXIT
+from benchmark.core.errors import INTERRUPTED_EXIT, DiskFullError
 from benchmark.report.table import read_cell
 from benchmark.run.record import content_digest, write_result
 from benchmark.run.sweep import STALE, cell_lock, resume_check, run_sweep_cell
 from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.sources.fetch import FetchError, Remote, fetch, meta_path
+from benchmark.weights import model_cache
 from benchmark.weights.checkpoint import LAYOUT, UnsafeCheckpointError, encode_safetensors
 from benchmark.weights.model_cache import sidecar_path
 from benchmark.weights.zoo import ZooEntry, locate
@@ -457,9 +459,10 @@ def test_result_from_before_digests_is_resumed_and_reported_as_it_is(tmp_path: P
     run_dir = tmp_path / "embedded" / "convnet" / "badnets" / "none" / "seed0"
     run_dir.mkdir(parents=True)
     (run_dir / "result.json").write_text(json.dumps(_result(config)))  # no digest field
-    assert resume_check(run_dir, config)[0]
-    row = read_cell(tmp_path, run_dir / "result.json").row
-    assert row["status"] == "ok" and row["error"] == ""
+    done, why = resume_check(run_dir, config)
+    assert done and "no digest" in why and "not verified" in why  # resumed, but the log says so (WARNING)
+    cell = read_cell(tmp_path, run_dir / "result.json")
+    assert cell.row["status"] == "ok" and cell.row["error"] == "" and "not verified" in cell.notes[0]
 
 
 # ---------------------------------------------------------------- two sweeps, one directory
@@ -485,3 +488,102 @@ def test_cell_another_sweep_is_running_is_skipped_with_a_log_line(tmp_home: Path
         holder.wait()
     with FileLock(lock_file).acquire(timeout=5):  # released with its holder's death, not left stale
         pass
+
+
+# ---------------------------------------------------------------- a full disk
+
+
+class _FullDisk:
+    """A file whose writes fail as a full disk does (ENOSPC), standing in for the real one from os.fdopen."""
+
+    def __init__(self, f) -> None:  # type: ignore[no-untyped-def]
+        self.f = f
+
+    def write(self, _data) -> int:  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def fileno(self) -> int:
+        return self.f.fileno()
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        return self
+
+    def __exit__(self, *exc) -> None:  # type: ignore[no-untyped-def]
+        self.f.close()
+
+
+@pytest.fixture
+def full_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: _FullDisk(real(fd, *a, **k)))
+
+
+def test_a_full_disk_under_the_model_cache_is_one_message_naming_the_folder(tmp_path: Path, full_disk) -> None:
+    path = tmp_path / "models" / f"{KEY}.safetensors"
+    with pytest.raises(DiskFullError) as err:
+        through_cache(path, nn.Linear(3, 2), Trainer(), {"cell": "x"})
+    msg = str(err.value)
+    assert str(path.parent) in msg and "needs about" in msg and "\n" not in msg
+    assert [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")] == []  # nothing half-written
+
+
+def test_a_full_disk_under_result_json_names_the_folder_and_the_size(tmp_path: Path, full_disk) -> None:
+    with pytest.raises(DiskFullError, match=r"holding .* while writing result\.json: it needs about") as err:
+        write_result(tmp_path / "cell", _result({"seed": 0}))
+    assert str(tmp_path / "cell") in str(err.value) and list((tmp_path / "cell").iterdir()) == []
+
+
+def test_a_sweep_cell_on_a_full_disk_fails_alone_in_one_line(tmp_home: Path, full_disk, caplog) -> None:
+    cfg = compose_cfg([*TINY, "defense_data.size=99999"])  # fails at the door, then failed.json meets the full disk
+    sweep = tmp_home / "sweep"
+    run_dir = sweep / "embedded" / "convnet" / "badnets" / "none" / "seed0"
+    with caplog.at_level(logging.ERROR, logger="benchmark"):
+        assert run_sweep_cell(cfg, run_dir, 0, sweep) == "failed"
+    last = caplog.records[-1].getMessage()
+    assert "not recorded" in last and "No space left on the device holding" in last and str(run_dir) in last
+    assert not (run_dir / "failed.json").exists() and "Traceback" not in caplog.text
+
+
+# ---------------------------------------------------------------- a shared cache mounted read-only
+
+
+@pytest.fixture
+def read_only(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    """Folders made read-only (mode 0555, which root ignores, so the probe that a real read-only mount would
+    fail is answered as that mount answers it: EROFS)."""
+    folders: list[Path] = []
+    real = model_cache.write_probe
+
+    def probe(folder: Path) -> str | None:
+        return "Read-only file system" if Path(folder) in folders else real(folder)
+
+    monkeypatch.setattr(model_cache, "write_probe", probe)
+    yield folders
+    for folder in folders:
+        folder.chmod(0o755)
+
+
+def test_a_read_only_shared_cache_is_read_without_a_lock_and_new_entries_go_to_the_own(tmp_path, read_only, caplog):
+    shared, own = tmp_path / "lab" / "models", tmp_path / "home" / "models"
+    path, _ = _cached(tmp_path / "lab")
+    assert path.parent == shared
+    for lock in shared.glob("*.lock"):
+        lock.unlink()
+    before = sorted(p.name for p in shared.iterdir())
+    shared.chmod(0o555)
+    read_only.append(shared)
+    with caplog.at_level(logging.INFO, logger="benchmark.weights.model_cache"):
+        with model_cache.entry(path, nn.Linear(3, 2), own) as e:
+            assert e.hit and e.path == path
+        assert "read-only cache" in caplog.text
+        other = shared / f"{KEY.replace('seed0', 'seed1')}.safetensors"  # not in the shared cache: trained into own
+        with model_cache.entry(other, nn.Linear(3, 2), own) as e:
+            assert not e.hit and e.path == own / other.name
+            e.store({"cell": "y"}, {})
+    assert sorted(p.name for p in shared.iterdir()) == before  # no lock, no entry, nothing written there
+    assert (own / other.name).exists() and f"is read-only; this entry is kept in your own cache {own}" in caplog.text
+    with model_cache.entry(other, nn.Linear(3, 2), own) as e:  # the next run finds it in the own cache
+        assert e.hit and e.path == own / other.name

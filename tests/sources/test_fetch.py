@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from benchmark.core.errors import ConfigError
+from benchmark.sources import fetch as fetch_module
 from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, Remote, fetch, meta_path
 from tests.helpers.fileserver import FileServer
 
@@ -134,3 +135,19 @@ def test_bad_sources_and_hashes_are_config_errors(tmp_home) -> None:
         Remote(url="ftp://a")
     with pytest.raises(ConfigError, match="expected 64 lowercase hex digits"):
         fetch(Remote(url="http://127.0.0.1:9/x"), tmp_home / "x", "ABC")
+
+
+def test_a_file_in_a_read_only_shared_folder_is_used_without_a_lock(server, tmp_home, monkeypatch) -> None:
+    """A lab's dataset folder mounted read-only (answered as such a mount answers the write probe: EROFS)."""
+    dest = tmp_home / "lab" / "w.bin"
+    fetch(Remote(url=server.url("w.bin")), dest, SHA, quiet=True)
+    for lock in dest.parent.glob("*.lock"):
+        lock.unlink()
+    before = sorted(p.name for p in dest.parent.iterdir())
+    monkeypatch.setattr(fetch_module, "write_probe", lambda f: "Read-only file system" if f == dest.parent else None)
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, quiet=True)
+    assert not got.downloaded and got.sha256 == SHA and server.gets("w.bin") == 1
+    assert sorted(p.name for p in dest.parent.iterdir()) == before  # no lock taken there
+    with pytest.raises(ChecksumError, match="read-only folder"):
+        fetch(Remote(url=server.url("w.bin")), dest, "ab" * 32, quiet=True)
+    assert dest.read_bytes() == BODY

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -13,7 +14,8 @@ import safetensors.torch
 import torch
 
 from benchmark.core.archs import build_arch
-from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
+from benchmark.core.errors import DiskFullError
+from benchmark.sources.archives import ArchiveTooLargeError, UnsafeArchiveError, extract, sniff
 from benchmark.weights.checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -252,3 +254,60 @@ def test_member_choice_in_an_archive_of_several(tmp_path: Path) -> None:
         pick_member(names, None, "a")
     with pytest.raises(CheckpointError, match="no checkpoint matching '\\*wanet\\*'; it holds: weights/"):
         pick_member(names, "*wanet*", "a")
+
+
+def test_a_symlink_chain_climbing_out_is_unsafe_not_damaged(tmp_path: Path) -> None:
+    """Each link alone stays inside; together they climb out. The stdlib filter's refusal is 'unsafe'."""
+    members = [_link("sub/link", ".."), _link("sub/link/x", "../.."), tarfile.TarInfo("sub/link/x/escape.txt")]
+    archive = _tar(tmp_path / "chain.tgz", members, {"sub/link/x/escape.txt": b"x"})
+    target = tmp_path / "deep" / "out"
+    with pytest.raises(UnsafeArchiveError, match="Nothing was extracted"):
+        extract(archive, target)
+    assert not target.exists() and not (tmp_path / "escape.txt").exists()
+
+
+def _bomb_zip(path: Path, mib: int) -> Path:
+    """A zip of zeros: a few hundred kB that expands to `mib` MiB (written in chunks, never held whole)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as zf, zf.open("zeros.bin", "w") as f:
+        chunk = bytes(2**20)
+        for _ in range(mib):
+            f.write(chunk)
+    return path
+
+
+def _bomb_tar(path: Path, mib: int) -> Path:
+    class Zeros(io.RawIOBase):
+        def __init__(self) -> None:
+            self.left = mib * 2**20
+
+        def readinto(self, b) -> int:  # type: ignore[no-untyped-def]
+            n = min(len(b), self.left)
+            b[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    info = tarfile.TarInfo("zeros.bin")
+    info.size = mib * 2**20
+    with tarfile.open(path, "w:gz", compresslevel=9) as tf:
+        tf.addfile(info, Zeros())
+    return path
+
+
+@pytest.mark.parametrize("make", [_bomb_zip, _bomb_tar], ids=["zip", "tar.gz"])
+def test_an_archive_bomb_is_refused_before_anything_is_written(tmp_path: Path, make) -> None:
+    archive = make(tmp_path / "bomb", 300)
+    assert archive.stat().st_size < 2 * 2**20
+    target = tmp_path / "deep" / "out"
+    with pytest.raises(ArchiveTooLargeError, match="exceeds the bounds") as err:
+        extract(archive, target)
+    assert "300.0 MiB" in str(err.value)
+    assert not target.exists() and list((tmp_path / "deep").iterdir()) == []
+
+
+def test_an_archive_larger_than_the_free_space_says_so(tmp_path: Path, monkeypatch) -> None:
+    archive = _zip(tmp_path / "a.zip", {"a.bin": bytes(range(256)) * 4096})  # 1 MiB, barely compressible
+    free = shutil.disk_usage(tmp_path)._replace(free=2**19)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _p: free)
+    with pytest.raises(DiskFullError, match=r"needs about 1\.0 MiB"):
+        extract(archive, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -64,6 +64,9 @@ def test_builtin_registry_holds_the_rnp_badnets_entry() -> None:
         ({"gdrive": "a", "url": "http://b"}, "exactly one of gdrive or url"),
         ({"url": "http://b/x", "sha256": "abc"}, "sha256='abc' is invalid"),
         ({"url": "http://b/x", "file": "../x"}, "file='../x' is invalid"),
+        ({"gdrive": "x/../../../ESCAPE"}, "gdrive='x/../../../ESCAPE' is invalid"),
+        ({"gdrive": ".."}, "gdrive='..' is invalid"),
+        ({"url": "http://b/x", "file": ".hidden"}, "file='.hidden' is invalid"),
         ({"url": "http://b/x", "format": "rar"}, "format='rar' is invalid"),
         ({"url": "http://b/x", "colour": 1}, "unexpected keyword argument 'colour'"),
     ],
@@ -74,6 +77,16 @@ def test_bad_registry_entries_fail_clearly(tmp_path: Path, spec: dict, needle: s
     with pytest.raises(ConfigError) as err:
         load_registry([path])
     assert needle in str(err.value)
+
+
+@pytest.mark.parametrize("url", ["http://b/..", "http://b/a/%2e%2e", "http://b/", "http://b/x?y=../../z"])
+def test_a_registry_url_never_names_a_file_outside_the_zoo_folder(tmp_path: Path, url: str) -> None:
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump({"embedded/convnet/badnets": {"url": url}}))
+    name = load_registry([path])["embedded/convnet/badnets"].cache_name()
+    zoo = tmp_path / "zoo"
+    assert (zoo / name).resolve().parent == zoo.resolve()
+    assert "/" not in name and name not in ("", ".", "..")
 
 
 # --- model.source modes on a small served checkpoint ----------------------------------------------
