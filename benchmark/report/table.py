@@ -28,8 +28,8 @@ PHASES = ("data", "model", "evaluate", "defense", "curve", "total")
 REMOVED_ASR = 0.10  # "removed": a defense is highlighted only when its mean ASR after is at most this
 PREMISE_NOTE = (
     "Premise: whether the defense's mechanism worked in the cell, judged from the signals it recorded "
-    "(benchmark/core/premise.py): `held`; `failed k/n: <reason>` when it did not in k of n seeds, so the "
-    "number beside it is not that mechanism at work (e.g. RNP's mask recovery stayed at chance); `n/a`: no rule."
+    '(benchmark/core/premise.py): "held"; "failed k/n: <reason>" when it did not in k of n seeds, so the '
+    'number beside it is not that mechanism at work (e.g. RNP\'s mask recovery stayed at chance); "n/a": no rule.'
 )
 
 
