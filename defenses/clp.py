@@ -58,6 +58,12 @@ class CLP(Defense):
             "pruned_per_layer": {norm: int(idx.numel()) for norm, idx in chosen.items() if idx.numel()},
             "pruned_channels": sorted(rows, key=lambda r: -r["uclc"]),
         }
+        info["diagnostics"] = {
+            "u": self.u,
+            "pruned": info["pruned"],
+            "total_channels": info["total_channels"],
+            "pruned_fraction": round(info["pruned"] / max(info["total_channels"], 1), 4),
+        }
         curve = [self._curve_point(model, lips, u) for u in self.curve_values()]
         return DefenseOutput(model=prune_norm_channels(model, chosen), info=info, curve=curve)
 

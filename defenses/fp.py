@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from benchmark.core.archs import classifier_head
 from benchmark.core.data import ImageSet
+from benchmark.core.premise import chance_bar
 from benchmark.core.training import TrainHook, to_input
 from benchmark.core.validation import bounded
 from defenses.base import CurvePoint, DefenseData, DefenseOutput
@@ -61,6 +62,13 @@ class FinePruning(FineTuning):
             "holdout_acc_by_pruned": steps,
             "pruned_channels": order[:count].tolist(),
             **tuned,
+        }
+        info["diagnostics"] = {
+            "pruned": count,
+            "total_channels": len(order),
+            "pruned_fraction": round(count / len(order), 4),
+            "acc_per_epoch": tuned["acc_per_epoch"],
+            "chance_bar": chance_bar(data.num_classes),
         }
         curve = [self._curve_point(model, order, f) for f in self.curve_fractions()]
         return DefenseOutput(model=pruned.eval(), info=info, curve=curve)

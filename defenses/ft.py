@@ -16,6 +16,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from benchmark.core.premise import chance_bar
 from benchmark.core.training import TrainHook, TrainRecipe, train_classifier
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
@@ -63,9 +64,11 @@ class FineTuning(Defense):
             "finetune_seconds": round(time.perf_counter() - start, 3),
             "final_train_acc": round(history[-1]["train_acc"], 4),
             "final_train_loss": round(history[-1]["loss"], 4),
+            "acc_per_epoch": [round(h["train_acc"], 4) for h in history],  # running accuracy on the defense data
         }
 
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
         tuned = copy.deepcopy(model)
         info = self.finetune(tuned, data, gen)
+        info["diagnostics"] = {"acc_per_epoch": info["acc_per_epoch"], "chance_bar": chance_bar(data.num_classes)}
         return DefenseOutput(model=tuned.eval(), info=info)

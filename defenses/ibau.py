@@ -25,6 +25,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from benchmark.core.evaluate import accuracy
+from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
@@ -51,6 +53,7 @@ class IBAU(Defense):
         params = [p for p in net.parameters() if p.requires_grad]
         opt = torch.optim.Adam(params, lr=self.lr)
         rounds: list[dict[str, float]] = []
+        start_acc = accuracy(net, data.images, precision=data.precision)  # inference only: no RNG, eval mode kept
         progress = Progress("i-bau", self.n_rounds, "round", logger=log)
         for _ in range(self.n_rounds):
             pert, adv_loss = self.find_perturbation(net, data, gen)
@@ -68,11 +71,17 @@ class IBAU(Defense):
                     "pert_norm": round(float(pert.norm()), 4),
                     "adv_loss": round(adv_loss, 4),
                     "outer_loss": round(outer_sum / n, 4),
+                    "defense_acc": round(accuracy(net, data.images, precision=data.precision), 4),
                 }
             )
             progress.update(rounds[-1])
         progress.close()
         info: dict[str, Any] = {"rounds": len(rounds), "per_round": rounds, "hypergradient": f"fixed point, K={self.K}"}
+        info["diagnostics"] = {
+            "acc_start": round(start_acc, 4),
+            "acc_per_epoch": [r["defense_acc"] for r in rounds],  # per round, on the (clean) defense data
+            "chance_bar": chance_bar(data.num_classes),
+        }
         return DefenseOutput(model=net, info=info)
 
     def find_perturbation(self, net: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[Tensor, float]:

@@ -62,6 +62,13 @@ class MaskPruningDefense(Defense):
             threshold, rule_info = self._select(model, masks, holdout, precision)
         pruned, n_pruned = prune_channels(model, masks, threshold)
         all_masks = torch.cat(list(masks.values()))
+        info = dict(info)
+        diagnostics = {
+            **info.pop("diagnostics", {}),
+            **mask_histogram(all_masks),
+            "pruned": n_pruned,
+            "total_channels": int(all_masks.numel()),
+        }
         return DefenseOutput(
             model=pruned,
             info={
@@ -74,6 +81,7 @@ class MaskPruningDefense(Defense):
                 "masks_below": {str(t): count_below(masks, t) for t in (0.0, 0.1, 0.2, 0.5)},
                 **info,
                 **rule_info,
+                "diagnostics": diagnostics,
             },
             curve=curve,
         )
@@ -101,6 +109,23 @@ class MaskPruningDefense(Defense):
             build=lambda: prune_channels(model, masks, threshold)[0],
             key=n,  # thresholds are cumulative, so the count identifies the pruned set
         )
+
+
+def mask_histogram(masks: Tensor, bins: int = 10) -> dict[str, Any]:
+    """The learned masks' histogram on [0, 1] and how many sit exactly at 0 and 1 (read once, after learning).
+
+    Masks clamped to 0 are the channels the defense singled out; masks left at 1 are untouched; a histogram
+    without a low tail means the mechanism found nothing to prune.
+    """
+    flat = masks.detach().float().cpu()
+    return {
+        "mask_histogram": {
+            "edges": [round(i / bins, 4) for i in range(bins + 1)],
+            "counts": flat.histc(bins, 0.0, 1.0).int().tolist(),
+        },
+        "masks_at_0": int((flat == 0).sum()),
+        "masks_at_1": int((flat == 1).sum()),
+    }
 
 
 def keep_lowest(masks: dict[str, Tensor], k: int) -> dict[str, Tensor]:

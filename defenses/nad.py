@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from benchmark.core.errors import ConfigError
+from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
@@ -67,6 +68,11 @@ class NAD(Defense):
             "epochs": self.epochs,
             **history,
         }
+        info["diagnostics"] = {
+            "teacher_acc_per_epoch": teacher_accs,
+            "acc_per_epoch": history["acc_per_epoch"],  # the student's running accuracy on the defense data
+            "chance_bar": chance_bar(data.num_classes),
+        }
         return DefenseOutput(model=student, info=info)
 
     def finetune(self, net: nn.Module, data: DefenseData, gen: torch.Generator) -> list[float]:
@@ -94,21 +100,24 @@ class NAD(Defense):
     def distill(
         self, student: nn.Module, teacher: nn.Module, stages: list[str], data: DefenseData, gen: torch.Generator
     ) -> dict[str, list[float]]:
-        """CE + attention distillation from the (frozen, eval-mode) teacher; returns per-epoch losses."""
+        """CE + attention distillation from the (frozen, eval-mode) teacher; returns per-epoch losses and the
+        student's running accuracy on the defense data."""
         opt = self._sgd(student, self.lr)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, self.milestones, 0.1)
         teacher.eval()
         student.train()
-        ce_hist, at_hist = [], []
+        ce_hist, at_hist, acc_hist = [], [], []
         progress = Progress("nad distill", self.epochs, logger=log)
         with capture(student, stages) as s_maps, capture(teacher, stages) as t_maps:
             for _ in range(self.epochs):
                 ce_sum, at_sum, n = 0.0, 0.0, 0
+                correct = torch.zeros((), device=data.device, dtype=torch.long)  # read once per epoch
                 for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                     with data.precision.autocast(data.device):
                         with torch.no_grad():
                             teacher(x)
-                        ce = F.cross_entropy(student(x), y)
+                        logits = student(x)
+                        ce = F.cross_entropy(logits, y)
                         at = sum(
                             b * attention_loss(s_maps[k], t_maps[k], self.p)
                             for k, b in zip(stages, self.betas, strict=True)
@@ -120,12 +129,14 @@ class NAD(Defense):
                     ce_sum += float(ce.detach()) * len(y)
                     at_sum += float(at.detach()) * len(y)
                     n += len(y)
+                    correct += (logits.detach().argmax(1) == y).sum()
                 sched.step()
+                acc_hist.append(round(correct.item() / n, 4))
                 ce_hist.append(round(ce_sum / n, 4))
                 at_hist.append(round(at_sum / n, 4))
                 progress.update({"ce": ce_hist[-1], "attention loss": at_hist[-1]})
         progress.close()
-        return {"ce_per_epoch": ce_hist, "attention_loss_per_epoch": at_hist}
+        return {"ce_per_epoch": ce_hist, "attention_loss_per_epoch": at_hist, "acc_per_epoch": acc_hist}
 
     def _sgd(self, net: nn.Module, lr: float) -> torch.optim.SGD:
         return torch.optim.SGD(

@@ -13,4 +13,4 @@ from defenses.base import Defense, DefenseData, DefenseOutput
 @dataclass
 class NoDefense(Defense):
     def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
-        return DefenseOutput(model=model, info={})
+        return DefenseOutput(model=model, info={"diagnostics": {}})  # no mechanism, no premise (n/a)

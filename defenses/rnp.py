@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
@@ -69,7 +70,9 @@ class RNP(MaskPruningDefense):
         masks, recover_info = self.recover(unlearned, fit_data, gen)
         recover_info["seconds"] = round(time.perf_counter() - start, 3)
         del unlearned
-        return self.finish(model, masks, holdout, {"unlearn": unlearn_info, "recover": recover_info}, data.precision)
+        info = {"unlearn": unlearn_info, "recover": recover_info}
+        info["diagnostics"] = rnp_diagnostics(unlearn_info, recover_info, data.num_classes)
+        return self.finish(model, masks, holdout, info, data.precision)
 
     def unlearn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[nn.Module, dict]:
         """Gradient ascent on clean CE over all weights; stop after the first epoch with acc <= threshold."""
@@ -150,3 +153,19 @@ class RNP(MaskPruningDefense):
             progress.update(lambda s=loss_sum, n=seen: {"loss": s.item() / n, "acc": accs[-1]})
         progress.close()
         return mask_values(net), {"epochs": self.recover_epochs, "acc_per_epoch": [round(a, 4) for a in accs]}
+
+
+def rnp_diagnostics(unlearn: dict, recover: dict, num_classes: int) -> dict:
+    """What tells whether RNP's premise held, from the accuracies its loops already counted (no extra pass):
+    unlearning's epochs and defense-data accuracy per epoch, recovery's accuracy per epoch, and whether
+    recovery ever left chance (1 / num_classes + a margin: `benchmark.core.premise.chance_bar`)."""
+    bar = chance_bar(num_classes)
+    return {
+        "num_classes": num_classes,
+        "unlearn_epochs": unlearn["epochs"],
+        "unlearn_reached_threshold": unlearn["reached_threshold"],
+        "unlearn_acc_per_epoch": unlearn["acc_per_epoch"],
+        "recover_acc_per_epoch": recover["acc_per_epoch"],
+        "chance_bar": bar,
+        "recovery_left_chance": any(a > bar for a in recover["acc_per_epoch"]),
+    }

@@ -26,6 +26,8 @@ from benchmark.report.published import Entry, load_registry
 from benchmark.report.sections import Section, group_sections
 from benchmark.report.table import (
     BASELINE,
+    PREMISE_NOTE,
+    REMOVED_ASR,
     Cell,
     Group,
     Key,
@@ -115,6 +117,7 @@ class GroupView:
     ca: Table
     asr: Table
     der: Table
+    premise: Table
     seconds: Table
     no_best: list[tuple[str, str]]  # (attack, reason)
     extras: list[Extra]
@@ -161,6 +164,8 @@ class Page:
     n_bad: int
     baseline: str
     max_drop: str
+    removed_asr: str
+    premise_note: str
     filters: list[Filter]
     groups: list[GroupView]
     cells: Table
@@ -266,6 +271,7 @@ def group_view(
         ca=_pivot(f"{gid}-ca", g, columns, _metric(g, "clean_acc", max_ca_drop), BASELINE),
         asr=_pivot(f"{gid}-asr", g, columns, _metric(g, "asr", max_ca_drop), BASELINE),
         der=_pivot(f"{gid}-der", g, g.defenses(), _der(g), BASELINE),
+        premise=_pivot(f"{gid}-premise", g, g.defenses(), lambda a, d: Td(g.premise(a, d)), BASELINE),
         seconds=_pivot(f"{gid}-s", g, columns, _seconds(g), "backdoor training"),
         no_best=[(a, r) for a in g.attacks() if (r := no_best_reason(g, a, max_ca_drop))],
         extras=[extra_section(gid, s) for s in group_sections(g, list(entries))],
@@ -289,6 +295,8 @@ CELL_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("after_asr", "ASR after", "pct"),
     ("after_robust_acc", "robust after", "pct"),
     ("der", "DER", "pct"),
+    ("premise", "premise", "text"),
+    ("implanted", "implanted", "text"),
     ("seconds_defense", "defense s", "s"),
     ("seconds_cell", "cell s", "s"),
     ("backdoor_seconds", "backdoor training s", "s"),
@@ -449,6 +457,8 @@ def html_report(
         n_bad=sum(not c.ok for c in cells),
         baseline=BASELINE,
         max_drop=f"{100 * max_ca_drop:.1f}",
+        removed_asr=f"{100 * REMOVED_ASR:.0f}",
+        premise_note=PREMISE_NOTE,
         filters=filters(cells),
         groups=views,
         cells=cells_table(cells),

@@ -11,6 +11,8 @@ from benchmark.report.sections import Section, group_sections
 from benchmark.report.table import (
     BASELINE,
     FIRST_DEFENSES,
+    PREMISE_NOTE,
+    REMOVED_ASR,
     Cell,
     Group,
     Key,
@@ -93,6 +95,7 @@ def group_markdown(
     notes = [f"- {a}: no best defense: {r}." for a in g.attacks() if (r := no_best_reason(g, a, max_ca_drop))]
     lines += ["### Clean accuracy / ASR (%)", "", *_pivot(g, columns, ca_asr), "", *notes, *([""] if notes else [])]
     lines += [f"### {DER_TITLE}", "", *_pivot(g, g.defenses(), der_ca), ""]
+    lines += premise_markdown(g)
     lines += [f"### {SECONDS_TITLE}", "", *runtime, ""]
     if all(d in g.defenses() for d in FIRST_DEFENSES):
         lines += ["### RNP vs ANP", ""]
@@ -105,6 +108,12 @@ def group_markdown(
         lines += section_markdown(section)
     lines += [f"![{Path(p).stem}]({p})" for p in plots]
     return [*lines, ""] if plots else lines
+
+
+def premise_markdown(g: Group) -> list[str]:
+    """The premise pivot (attacks down, defenses across) and how to read it."""
+    body = [[a, *(g.premise(a, d).replace("|", "\\|") for d in g.defenses())] for a in g.attacks()]
+    return ["### Premise", "", PREMISE_NOTE, "", *_table(["attack", *g.defenses()], body), ""]
 
 
 def markdown(
@@ -127,9 +136,11 @@ def markdown(
         "",
         "Values are mean ± sample standard deviation (n - 1) over seeds, in percent; `(n=k)` marks a cell with",
         f"fewer seeds than the rest. `{BASELINE}` is the backdoored model before any defense (every cell's",
-        "`before`). **Bold**: the best defense of the row = the lowest mean ASR among the defenses whose mean",
-        f"clean accuracy is at most {100 * max_ca_drop:.1f} points below `{BASELINE}`; ties go to the higher clean",
-        "accuracy; no bold when none qualifies (the reason is noted under the pivot).",
+        "`before`). **Bold**: the best defense of the row = the lowest mean ASR among the defenses that",
+        f"removed the backdoor (mean ASR <= {100 * REMOVED_ASR:.0f}%) with a mean clean accuracy at most",
+        f"{100 * max_ca_drop:.1f} points below `{BASELINE}`; ties go to the higher clean accuracy; no bold when",
+        "none qualifies, or when a seed's backdoor did not implant (ASR before below `eval.implant_bar`); the",
+        "reason is noted under the pivot.",
         "DER = (max(0, ΔASR) − max(0, ΔCA) + 1) / 2, shown with the mean clean accuracy change after − before in",
         "points: a high DER can hide a large loss of clean accuracy. Seconds: backdoor training (+ the attack's",
         "preparation) once per model, from its training record whichever cell trained it; a cell's seconds leave",

@@ -26,6 +26,12 @@ CLEAN = "none"  # the attack option of the clean model (attacks/none.py): its ow
 BASELINE = "no defense"  # the column built from every cell's `before` metrics (the backdoored model itself)
 FIRST_DEFENSES = ("rnp", "anp")  # shown first, side by side; the others follow alphabetically
 PHASES = ("data", "model", "evaluate", "defense", "curve", "total")
+REMOVED_ASR = 0.10  # "removed": a defense is highlighted only when its mean ASR after is at most this
+PREMISE_NOTE = (
+    "Premise: whether the defense's mechanism worked in the cell, judged from the signals it recorded "
+    '(benchmark/core/premise.py): "held"; "failed k/n: <reason>" when it did not in k of n seeds, so the '
+    'number beside it is not that mechanism at work (e.g. RNP\'s mask recovery stayed at chance); "n/a": no rule.'
+)
 
 
 @dataclass
@@ -84,6 +90,9 @@ def read_cell(root: Path, path: Path) -> Cell:
     for phase in ("before", "after"):
         row.update({f"{phase}_{k}": obj[phase][k] for k in METRIC_KEYS})
     row["der"] = obj.get("der")
+    row.update(premise_columns(obj))
+    if row["implanted"] is False:
+        row["der"] = None  # a backdoor that did not implant: nothing was removed, so no DER to rank
     row["ca_change"] = obj["after"]["clean_acc"] - obj["before"]["clean_acc"]
     row.update({f"seconds_{k}": v for k, v in obj["timing_s"].items()})
     row.update(_training_seconds(obj))
@@ -101,6 +110,13 @@ def read_cell(root: Path, path: Path) -> Cell:
         model_sha256=obj.get("model_sha256"),
         notes=[] if "digest" in obj else [NO_DIGEST],
     )
+
+
+def premise_columns(obj: dict[str, Any]) -> dict[str, Any]:
+    """A result's premise verdict and whether its backdoor implanted (None: not recorded, or the clean model)."""
+    implant = obj.get("implant")
+    held = implant.get("held") if isinstance(implant, dict) else None
+    return {"premise": str(obj.get("premise") or ""), "implanted": held if isinstance(held, bool) else None}
 
 
 def _training_seconds(obj: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +191,7 @@ def assign_settings(cells: Sequence[Cell]) -> None:
 def columns(rows: Sequence[dict[str, Any]]) -> list[str]:
     head = [*CELL_FIELDS, *(["setting"] if any(r.get("setting") for r in rows) else []), "status", "model_source"]
     metrics = [f"{p}_{k}" for p in ("before", "after") for k in METRIC_KEYS] + ["der", "ca_change"]
+    metrics += ["premise", "implanted"]
     seen = {k for r in rows for k in r}
     phases = [f"seconds_{p}" for p in (*PHASES, "cell")] + sorted(
         k for k in seen if k.startswith("seconds_") and k[8:] not in (*PHASES, "cell")
@@ -315,6 +332,29 @@ class Group:
                     out.update(c.natural.get("left_out") or {})
         return dict(sorted(out.items()))
 
+    def not_implanted(self, attack: str) -> list[int]:
+        """Seeds whose backdoored model of `attack` missed the implant bar (result.json `implant.held` false)."""
+        return sorted(
+            {
+                c.row["seed"]
+                for (a, _), cells in self.ok.items()
+                if a == attack
+                for c in cells
+                if c.row.get("implanted") is False
+            }
+        )
+
+    def premise(self, attack: str, defense: str) -> str:
+        """The premise over seeds: `held`, `n/a`, or `failed k/n: <first reason>`; `–` when none was recorded."""
+        verdicts = [str(c.row.get("premise") or "") for c in self.ok.get((attack, defense), [])]
+        shown = [v for v in verdicts if v]
+        if not shown:
+            return "–"
+        failed = [v for v in shown if v.startswith("failed")]
+        if not failed:
+            return "/".join(sorted(set(shown)))
+        return f"failed {len(failed)}/{len(shown)}: {failed[0].removeprefix('failed: ')}"
+
     def pruned(self, attack: str, defense: str) -> Stat | None:
         """Channels pruned (defense_info `pruned`, RNP/ANP/CLP...) over seeds; None for defenses that prune none."""
         return Stat.of(c.info.get("pruned") for c in self.ok.get((attack, defense), []) if "pruned" in c.info)
@@ -346,16 +386,21 @@ def group_cells(cells: Iterable[Cell]) -> dict[Key, Group]:
 
 
 def best_defense(group: Group, attack: str, max_ca_drop: float) -> str | None:
-    """The lowest mean ASR among defenses whose mean clean acc is at most `max_ca_drop` below the baseline.
+    """The lowest mean ASR among defenses that removed the backdoor (mean ASR <= REMOVED_ASR) at a mean clean
+    accuracy at most `max_ca_drop` below the baseline.
 
-    Ties go to the higher clean accuracy. None when there is no baseline or no defense qualifies.
+    Ties go to the higher clean accuracy. None when there is no baseline, a seed's backdoor did not implant
+    (nothing to remove), or no defense qualifies: a defense that leaves ASR high is never the best.
     """
     base = group.stat(attack, BASELINE, "clean_acc")
-    if base is None:
+    if base is None or group.not_implanted(attack):
         return None
-    means = _defense_means(group, attack)
-    candidates = [(asr, -ca, d) for d, ca, asr in means if base.mean - ca <= max_ca_drop + 1e-12]
-    return min(candidates)[2] if candidates else None
+    candidates = [(asr, -ca, d) for d, ca, asr in _within_budget(group, attack, base.mean, max_ca_drop)]
+    return min(candidates)[2] if candidates and min(candidates)[0] <= REMOVED_ASR + 1e-12 else None
+
+
+def _within_budget(group: Group, attack: str, base: float, max_ca_drop: float) -> list[tuple[str, float, float]]:
+    return [(d, ca, asr) for d, ca, asr in _defense_means(group, attack) if base - ca <= max_ca_drop + 1e-12]
 
 
 def _defense_means(group: Group, attack: str) -> list[tuple[str, float, float]]:
@@ -375,9 +420,20 @@ def no_best_reason(group: Group, attack: str, max_ca_drop: float) -> str | None:
     base = group.stat(attack, BASELINE, "clean_acc")
     if base is None:
         return "no baseline: no cell of this attack finished, so there is no backdoored model to compare with"
+    if seeds := group.not_implanted(attack):
+        return (
+            f"the backdoor did not implant in seed(s) {', '.join(map(str, seeds))} (ASR before below the implant "
+            "bar, eval.implant_bar): nothing to remove, so no defense is ranked and those cells have no DER"
+        )
     means = _defense_means(group, attack)
     if not means:
         return "no defense finished on this attack"
+    if kept := _within_budget(group, attack, base.mean, max_ca_drop):
+        d, _, asr = min(kept, key=lambda m: m[2])
+        return (
+            f"no defense within the clean-accuracy budget removed the backdoor (mean ASR <= "
+            f"{100 * REMOVED_ASR:.0f}%); the lowest, {d}, leaves {100 * asr:.1f}%"
+        )
     d, ca, _ = max(means, key=lambda m: m[1])
     return (
         f"no defense within {100 * max_ca_drop:.1f} points of the baseline's clean accuracy "
@@ -394,6 +450,8 @@ def summary_rows(groups: dict[Key, Group]) -> list[dict[str, Any]]:
                 row: dict[str, Any] = {"dataset": dataset, "arch": arch, "attack": attack, "defense": defense}
                 row.update({"setting": setting} if setting else {})
                 row["failed"] = 0 if defense == BASELINE else len(g.bad.get((attack, defense), []))
+                row["premise"] = "" if defense == BASELINE else g.premise(attack, defense)
+                row["not_implanted_seeds"] = len(g.not_implanted(attack))
                 metrics = [*METRIC_KEYS] + (
                     ["backdoor_seconds"]
                     if defense == BASELINE

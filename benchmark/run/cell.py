@@ -23,6 +23,7 @@ from benchmark.core.errors import ConfigError
 from benchmark.core.evaluate import Metrics, evaluate
 from benchmark.core.io import write_probe
 from benchmark.core.precision import Precision
+from benchmark.core.premise import implant_check, premise_verdict
 from benchmark.core.progress import Progress
 from benchmark.run.config import RunConfig, check_writable
 from benchmark.run.loggers import make_logger
@@ -128,6 +129,7 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
         before = evaluate(model, test, triggered, batch, precision)
         natural_before = natural_asr(model, test, natural, rc.dataset.num_classes, batch, precision)
     log.info("before: %s", _fmt(before))
+    implant = implant_record(rc, before)
     with timed(timing, "defense"):
         defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision)
         out = rc.defense(model, defense_data, Streams(rc.seed).defense(device))
@@ -150,6 +152,10 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
         config,
         runtime_info(device, precision),
     )
+    result["premise"] = premise_verdict(rc.key.defense, out.info.get("diagnostics"))
+    log.info("premise of %s: %s", rc.key.defense, result["premise"])
+    if implant is not None:
+        result["implant"] = implant
     if natural:
         result["natural_asr"] = natural_record(rc.attack, natural, natural_before, natural_after)
         log.info("natural ASR before: %s; after: %s", natural_before, natural_after)
@@ -162,6 +168,22 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
         logger.finish()
     log.info("wrote %s (total %.1f s)", run_dir / "result.json", timing["total"])
     return result
+
+
+def implant_record(rc: RunConfig, before: Metrics) -> dict[str, Any] | None:
+    """Whether the backdoor took (ASR before >= eval.implant_bar); a warning when it did not. None for the
+    clean model (attack=none), which has no backdoor to implant."""
+    if rc.key.attack == "none":
+        return None
+    implant = implant_check(before.asr, rc.eval.implant_bar)
+    if not implant["held"]:
+        log.warning(
+            "the backdoor did not implant: ASR before %.4f < eval.implant_bar=%s; this cell's defense result "
+            "measures nothing and the report never ranks it",
+            before.asr,
+            rc.eval.implant_bar,
+        )
+    return implant
 
 
 def _fmt(m: Metrics) -> str:

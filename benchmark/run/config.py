@@ -25,6 +25,7 @@ from benchmark.core.augment import AugmentSpec
 from benchmark.core.errors import ConfigError
 from benchmark.core.io import write_probe
 from benchmark.core.precision import AUTO, PRECISIONS, Precision
+from benchmark.core.premise import IMPLANT_BAR
 from benchmark.core.training import TrainRecipe
 from benchmark.core.validation import Checked, bounded
 from benchmark.run.key import CELL_GROUPS, CellKey
@@ -72,6 +73,7 @@ class DefenseDataConfig(Checked):
 @dataclass
 class EvalConfig(Checked):
     batch_size: int = bounded(512, 1)
+    implant_bar: float = bounded(IMPLANT_BAR, 0.0, 1.0)  # ASR before below this: the backdoor did not implant
 
 
 @dataclass

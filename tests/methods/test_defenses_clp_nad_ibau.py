@@ -13,6 +13,7 @@ from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import ImageSet
 from benchmark.core.errors import ConfigError
+from benchmark.core.evaluate import accuracy
 from defenses.base import DefenseData
 from defenses.clp import CLP, channel_lipschitz, conv_norm_pairs
 from defenses.ibau import IBAU, project_l2
@@ -143,3 +144,18 @@ def test_ibau_runs_without_touching_the_input_model() -> None:
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in reference.items())
     assert out.info["rounds"] == 1 and all(r["pert_norm"] <= 10.0 + 1e-4 for r in out.info["per_round"])
     assert any(not torch.equal(v, out.model.state_dict()[k]) for k, v in reference.items())
+
+
+def test_ibau_reads_its_defense_data_accuracy_without_touching_the_model_or_random_numbers() -> None:
+    """I-BAU's diagnostics evaluate the model each round: that pass must leave its mode, BN statistics and
+    every random stream as they were, or recording would change what the defense computes."""
+    net = tiny_net().eval()
+    reference = copy.deepcopy(net.state_dict())
+    cpu_rng = torch.get_rng_state()
+    accuracy(net, tiny_data().images)
+    assert not net.training and torch.equal(torch.get_rng_state(), cpu_rng)
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in reference.items())
+    out = IBAU(n_rounds=2, batch_size=12, K=1)(tiny_net(), tiny_data(n=24), torch.Generator().manual_seed(0))
+    diagnostics = out.info["diagnostics"]
+    assert len(diagnostics["acc_per_epoch"]) == 2 and 0.0 <= diagnostics["acc_start"] <= 1.0
+    assert diagnostics["chance_bar"] == pytest.approx(0.3)  # 5 classes: 0.2 + 0.1
