@@ -61,6 +61,8 @@ def clean_floats(obj: Any) -> Any:
 
 
 MODEL_META_KEYS = ("train_seconds", "attack_prepare_seconds", "poisoned", "cover", "zoo", "runtime")
+# Recorded only when present: a model read from `model.path` (its file, BackdoorBench's settings, its bd_test ASR).
+PATH_META_KEYS = ("path", "backdoorbench", "bd_test")
 
 
 def assemble_result(
@@ -91,7 +93,10 @@ def assemble_result(
         "versions": versions(),
         "random_streams": STREAMS_VERSION,
         "runtime": runtime,
-        "model_meta": {k: meta.get(k) for k in MODEL_META_KEYS},
+        "model_meta": {
+            **{k: meta.get(k) for k in MODEL_META_KEYS},
+            **{k: meta[k] for k in PATH_META_KEYS if k in meta},
+        },
     }
 
 
