@@ -65,6 +65,11 @@ MODEL_META_KEYS = ("train_seconds", "attack_prepare_seconds", "poisoned", "cover
 PATH_META_KEYS = ("path", "backdoorbench", "bd_test")
 
 
+def _rounded(m: Metrics) -> dict[str, float]:
+    """Metrics to 6 decimals: a float32 fraction read as a float64 carries noise (0.8805000185966492)."""
+    return {k: round(v, 6) for k, v in m.as_dict().items()}
+
+
 def assemble_result(
     cell: dict[str, Any],
     model: tuple[str, dict[str, Any]],
@@ -84,9 +89,9 @@ def assemble_result(
         "model_source": source,
         "model_sha256": meta.get("sha256"),
         "weights_sha256": meta.get("weights_sha256"),
-        "before": before.as_dict(),
-        "after": after.as_dict(),
-        "der": der(before, after),
+        "before": _rounded(before),
+        "after": _rounded(after),
+        "der": round(der(before, after), 6),
         "defense_info": {**defense_info, "curve": curve_rows} if curve_rows else defense_info,
         "timing_s": timing,
         "config": config,
