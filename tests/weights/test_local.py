@@ -115,3 +115,23 @@ def test_readme_example_defends_a_checkpoint_of_your_own(tmp_path: Path, tmp_hom
     result = json.loads((run_dir / "result.json").read_text())
     assert result["model_source"] == "path" and result["model_meta"]["path"] == str(ckpt)
     assert result["weights_sha256"]
+
+
+def test_a_cell_on_a_backdoorbench_file_records_its_bd_test_asr(tmp_path: Path, tmp_home: Path) -> None:
+    """Through the cell: the file's model defended, its bd_test evaluated before and after, beside our trigger."""
+    from benchmark.run.cell import run_cell
+    from benchmark.run.runtime import start_runtime
+
+    arch = ["arch=preact_resnet18", "+arch.kwargs.final_norm=false", "defense=none", "attack=badnets"]
+    rc = build_run_config(compose_cfg(["debug=default", *arch]))
+    net = new_model(rc, torch.device("cpu")).net
+    x = torch.randint(0, 256, (5, rc.dataset.channels, 28, 28)).float()
+    obj = {"model_name": "preactresnet18", "num_classes": rc.dataset.num_classes, "model": net.state_dict(),
+           "bd_test": {"x": x, "y": torch.zeros(5, dtype=torch.long)}}  # fmt: skip
+    torch.save(obj, tmp_path / "attack_result.pt")
+    rc = build_run_config(compose_cfg(["debug=default", *arch, f"model.path={tmp_path / 'attack_result.pt'}"]))
+    result = run_cell(rc, tmp_path / "run", start_runtime(rc))
+    meta = result["model_meta"]
+    assert result["model_source"] == "path" and meta["backdoorbench"]["model_name"] == "preactresnet18"
+    assert meta["bd_test"]["images"] == 5 and 0.0 <= meta["bd_test"]["asr_before"] <= 1.0
+    assert meta["bd_test"]["asr_after"] == meta["bd_test"]["asr_before"]  # defense=none changes nothing
