@@ -34,9 +34,12 @@ from benchmark.weights.checkpoint import (
 log = logging.getLogger(__name__)
 
 # BackdoorBench's `model_name` -> (our arch, the kwargs that make its state dict key-for-key theirs).
-# Checked against BackdoorBench's models/preact_resnet.py: same names and shapes, no norm after the last stage.
+# Checked against BackdoorBench's models/preact_resnet.py (same names and shapes, no norm after the last stage)
+# and its generate_cls_model, whose `resnet18` is torchvision's (the layout of our resnet18_imagenet). Their
+# other names are torchvision models without a twin here (our vgg16_bn and mobilenet_v2 are CIFAR variants).
 BACKDOORBENCH_ARCHS: dict[str, tuple[str, dict[str, Any]]] = {
     "preactresnet18": ("preact_resnet18", {"final_norm": False}),
+    "resnet18": ("resnet18_imagenet", {}),
 }
 BACKDOORBENCH_KEYS = ("model_name", "model")
 

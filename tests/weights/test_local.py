@@ -65,6 +65,17 @@ def test_our_preact_without_final_norm_has_backdoorbench_key_names() -> None:
     assert BACKDOORBENCH_ARCHS["preactresnet18"] == ("preact_resnet18", {"final_norm": False})
 
 
+def test_backdoorbench_resnet18_is_torchvisions_and_loads_into_resnet18_imagenet(tmp_path: Path) -> None:
+    """BackdoorBench's `resnet18` is torchvision's resnet18(num_classes): its state dict loads strictly."""
+    import torchvision
+
+    theirs = torchvision.models.resnet18(num_classes=10)
+    path = attack_result(tmp_path, theirs.state_dict(), model_name="resnet18")
+    ours = lambda: build_classifier("resnet18_imagenet", 10, 3, MEAN, STD)  # noqa: E731
+    got = model_from_path(LocalSettings(str(path)), ("resnet18_imagenet", {}, 10), BadNets(), ours)
+    assert torch.equal(got.model.net.fc.weight, theirs.fc.weight)
+
+
 def test_backdoorbench_attack_result_loads_strictly_with_its_bd_test(tmp_path: Path) -> None:
     source = preact(final_norm=False)
     path = attack_result(tmp_path, source.net.state_dict())
