@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -140,10 +139,10 @@ class Details:
     headline: str
     error: str | None
     timing: list[tuple[str, str]]
-    info: str | None
+    info: list[tuple[str, str]] | None
     curve: Curve | None
     selected: str
-    config: str | None
+    config: list[tuple[str, str]] | None
 
 
 @dataclass(frozen=True)
@@ -350,8 +349,29 @@ def curve(rows: Sequence[dict[str, Any]], selected: float | None) -> Curve:
     return Curve(head, shown)
 
 
-def _json(value: dict[str, Any]) -> str:
-    return json.dumps(value, indent=1, default=str)
+def _leaf(value: Any) -> str:
+    """A value as the details show it: floats to 6 significant digits (no float32 noise), lists inline."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_leaf(v) for v in value) + "]"
+    return "null" if value is None else str(value)
+
+
+def _leaves(value: Any, prefix: str = "") -> list[str]:
+    """`dotted.key=value` for every leaf under a mapping (a list of scalars is one leaf)."""
+    if isinstance(value, dict) and value:
+        return [x for k, v in value.items() for x in _leaves(v, f"{prefix}{k}.")]
+    return [f"{prefix.rstrip('.')}={_leaf(value)}" if prefix else _leaf(value)]
+
+
+def compact(value: dict[str, Any]) -> list[tuple[str, str]]:
+    """A nested mapping as one row per top-level key, its leaves inline (`k=v, k=v`): a few rows, not JSON."""
+    rows = []
+    for key, sub in value.items():
+        text = ", ".join(_leaves(sub)) if isinstance(sub, dict) and sub else _leaf(sub)
+        rows.append((str(key), text))
+    return rows
 
 
 def cell_details(c: Cell) -> Details:
@@ -365,10 +385,10 @@ def cell_details(c: Cell) -> Details:
         headline=headline,
         error=None if c.ok else _text(r["error"]),
         timing=[(k, _text(v)) for k, v in r.items() if "seconds" in k and v is not None],
-        info=_json(c.info) if c.ok and c.info else None,
+        info=compact(c.info) if c.ok and c.info else None,
         curve=curve(c.curve, c.selected) if c.ok and c.curve else None,
         selected=_text(c.selected),
-        config=_json(c.config) if c.config else None,
+        config=compact(c.config) if c.config else None,
     )
 
 

@@ -32,6 +32,19 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
+def point_labels(attacks: int, points: int) -> bool:
+    """Name each point by its attack only when there are several attacks (one: the legend says it all) and
+    few points per defense (more would bury the plot in labels)."""
+    return attacks > 1 and points <= 4
+
+
+def label_offset(series: int) -> tuple[int, int]:
+    """Where a series' point labels sit (points): each series in its own spot around the point, so labels of
+    points that coincide (e.g. defenses that changed nothing) do not print over each other."""
+    spots = ((3, 3), (3, -9), (-30, 3), (-30, -9), (3, 10), (-30, 10))
+    return spots[series % len(spots)]
+
+
 def clean_vs_asr(path: Path, title: str, g: Group) -> Path:
     """One point per (attack, defense): mean ASR (x) and clean acc (y) over seeds, std as error bars."""
     fig, ax = plt.subplots(figsize=(6.5, 4.8))
@@ -52,10 +65,11 @@ def clean_vs_asr(path: Path, title: str, g: Group) -> Path:
             capsize=2,
             alpha=0.85,
         )
-        if len(pts) <= 4:  # few attacks: name each point (more would bury the plot in labels)
+        if point_labels(len(g.attacks()), len(pts)):
             names = [a for a in g.attacks() if g.stat(a, defense, "asr") and g.stat(a, defense, "clean_acc")]
+            offset = label_offset(i)
             for name, (x, y) in zip(names, pts, strict=True):
-                ax.annotate(name, (100 * x.mean, 100 * y.mean), fontsize=6, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(name, (100 * x.mean, 100 * y.mean), fontsize=6, xytext=offset, textcoords="offset points")
     ax.set(xlabel="ASR (%)", ylabel="clean accuracy (%)", title=title, xlim=(-3, 103))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -63,13 +77,15 @@ def clean_vs_asr(path: Path, title: str, g: Group) -> Path:
     return _save(fig, path)
 
 
-def mean_curve(curves: list[list[dict[str, Any]]], metric: str) -> tuple[list[float], list[float], list[float]]:
-    """Thresholds, mean and std of `metric` over seeds at each threshold (rows without a threshold ignored)."""
+def mean_curve(
+    curves: list[list[dict[str, Any]]], metric: str, x: str = "threshold"
+) -> tuple[list[float], list[float], list[float]]:
+    """Values of `x`, mean and std of `metric` over seeds at each (rows without `x` ignored)."""
     by_t: dict[float, list[float]] = defaultdict(list)
     for curve in curves:
         for row in curve:
-            if row.get("threshold") is not None and row.get(metric) is not None:
-                by_t[float(row["threshold"])].append(float(row[metric]))
+            if row.get(x) is not None and row.get(metric) is not None:
+                by_t[float(row[x])].append(float(row[metric]))
     ts = sorted(by_t)
     means = [statistics.fmean(by_t[t]) for t in ts]
     stds = [statistics.stdev(by_t[t]) if len(by_t[t]) > 1 else 0.0 for t in ts]
@@ -85,6 +101,41 @@ def threshold_curves(g: Group, attack: str) -> dict[str, tuple[list[list[dict[st
         if curves:
             out[defense] = (curves, [c.selected for c in cells if c.selected is not None])
     return out
+
+
+def curve_x(curve: list[dict[str, Any]]) -> str | None:
+    """The parameter a curve sweeps: its first numeric column that is not a metric (FP: `fraction`, CLP: `u`)."""
+    metrics = {m for m, _ in CURVE_METRICS}
+    for key in dict.fromkeys(k for r in curve for k in r):
+        if key not in metrics and all(isinstance(r.get(key), (int, float)) for r in curve):
+            return str(key)
+    return None
+
+
+def other_curves(g: Group, attack: str) -> dict[str, tuple[str, list[list[dict[str, Any]]]]]:
+    """Per defense whose curve is not over a mask threshold (FP, CLP): its x parameter and its seeds' curves."""
+    out = {}
+    for defense in g.defenses():
+        curves = [c.curve for c in g.ok.get((attack, defense), []) if c.curve and "threshold" not in c.curve[0]]
+        x = curve_x(curves[0]) if curves else None
+        if x is not None:
+            out[defense] = (x, curves)
+    return out
+
+
+def param_curve(path: Path, title: str, x: str, curves: list[list[dict[str, Any]]]) -> Path:
+    """Clean acc, ASR and robust acc against the defense's own curve parameter (mean ± std over seeds)."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, (metric, label) in enumerate(CURVE_METRICS):
+        xs, means, stds = mean_curve(curves, metric, x)
+        ax.plot(xs, [100 * m for m in means], marker=".", color=f"C{i}", label=label)
+        lo = [100 * (m - s) for m, s in zip(means, stds, strict=True)]
+        ax.fill_between(xs, lo, [100 * (m + s) for m, s in zip(means, stds, strict=True)], color=f"C{i}", alpha=0.15)
+    ax.set(xlabel=x, ylabel="%", title=title, ylim=(-3, 103))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _unpruned_x(per_defense: dict[str, tuple[list, list[float]]]) -> tuple[float, float]:
@@ -218,4 +269,7 @@ def group_plots(out_dir: Path, key: Key, g: Group) -> list[Path]:
             path = out_dir / f"pruning_{file_safe(*names, attack)}.png"
             base = {m: g.stat(attack, BASELINE, m) for m, _ in CURVE_METRICS}
             paths.append(pruning_curves(path, f"{attack} on {title}: pruning curves", per_defense, base))
+        for defense, (x, curves) in other_curves(g, attack).items():
+            path = out_dir / f"curve_{file_safe(*names, attack, defense)}.png"
+            paths.append(param_curve(path, f"{defense} against {attack} on {title}: curve over {x}", x, curves))
     return paths

@@ -131,6 +131,14 @@ def match(entry: Entry, config: dict[str, Any]) -> Match:
     return Match(entry, out)
 
 
+SCOPE = ("dataset.name", "arch.name")  # an entry for another dataset or architecture does not apply at all
+
+
+def applies(entry: Entry, config: dict[str, Any]) -> bool:
+    """Whether the entry is about this cell's dataset and architecture (its other settings may still differ)."""
+    return all(p not in entry.settings or _same(entry.settings[p], lookup(config, p)) for p in SCOPE)
+
+
 def entries_for(entries: list[Entry], attack: str, defense: str) -> list[Entry]:
     """The entries of this defense whose attack is this one (or unnamed: a whole table without attacks).
 
@@ -144,5 +152,5 @@ def entries_for(entries: list[Entry], attack: str, defense: str) -> list[Entry]:
 def matches(entries: list[Entry], config: dict[str, Any]) -> list[Match]:
     """Every entry of the config's attack and defense, comparable ones first, then by fewest mismatches."""
     attack, defense = lookup(config, "attack.name"), lookup(config, "defense.name")
-    found = [match(e, config) for e in entries_for(entries, str(attack), str(defense))]
+    found = [match(e, config) for e in entries_for(entries, str(attack), str(defense)) if applies(e, config)]
     return sorted(found, key=lambda m: (not m.comparable, len(m.mismatches), m.entry.id))

@@ -33,9 +33,12 @@ def _interval(s: Stat | None) -> str:
     return s.interval.pct() if s.interval else "n=1"
 
 
-def interval_section(g: Group) -> Section:
-    """Per attack and defense: the 95% t interval of the mean clean accuracy / ASR."""
+def interval_section(g: Group) -> Section | None:
+    """Per attack and defense: the 95% t interval of the mean clean accuracy / ASR; none when no cell has two seeds."""
     columns = [BASELINE, *g.defenses()]
+    stats = [g.stat(a, d, m) for a in g.attacks() for d in columns for m in ("clean_acc", "asr")]
+    if not any(s is not None and s.n >= 2 for s in stats):
+        return None
     rows = [
         [a, *(f"{_interval(g.stat(a, d, 'clean_acc'))} / {_interval(g.stat(a, d, 'asr'))}" for d in columns)]
         for a in g.attacks()
@@ -156,7 +159,8 @@ def published_section(g: Group, entries: list[Entry]) -> Section | None:
         return None
     header = ["attack", "defense", "published entry (source)", "published CA / ASR", "ours CA / ASR", "comparison"]
     notes = [
-        "entries of conf/published.yaml for each attack and defense that ran (those without numbers only where "
+        "entries of conf/published.yaml for each attack and defense that ran on their dataset and architecture "
+        "(those without numbers only where "
         "their settings match); CA / ASR in %, before → after the "
         "defense; ours: the mean over seeds. A difference is given only where every setting of the entry matches "
         "the cell's config; otherwise each setting that differs is named"

@@ -23,6 +23,7 @@ from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.record import METRIC_KEYS, comparable, flatten, result_problems
 
 CLEAN = "none"  # the attack option of the clean model (attacks/none.py): its own section, not a pivot row
+NO_DEFENSE = "none"  # the defense option that leaves the model as it is: it has no DER
 BASELINE = "no defense"  # the column built from every cell's `before` metrics (the backdoored model itself)
 FIRST_DEFENSES = ("rnp", "anp")  # shown first, side by side; the others follow alphabetically
 PHASES = ("data", "model", "evaluate", "defense", "curve", "total")
@@ -89,7 +90,7 @@ def read_cell(root: Path, path: Path) -> Cell:
     row.update(status="ok", model_source=obj.get("model_source"))
     for phase in ("before", "after"):
         row.update({f"{phase}_{k}": obj[phase][k] for k in METRIC_KEYS})
-    row["der"] = obj.get("der")
+    row["der"] = obj.get("der") if row.get("defense") != NO_DEFENSE else None  # nothing was done to rate
     row.update(premise_columns(obj))
     if row["implanted"] is False:
         row["der"] = None  # a backdoor that did not implant: nothing was removed, so no DER to rank

@@ -20,7 +20,7 @@ import torch
 from attacks.poison import triggered_test
 from benchmark.core.data import DataSplits, ImageSet, TriggeredSet, make_splits
 from benchmark.core.errors import ConfigError
-from benchmark.core.evaluate import Metrics, evaluate
+from benchmark.core.evaluate import Metrics, accuracy, evaluate
 from benchmark.core.io import write_probe
 from benchmark.core.precision import Precision
 from benchmark.core.premise import implant_check, premise_verdict
@@ -128,6 +128,9 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     with timed(timing, "evaluate"):
         before = evaluate(model, test, triggered, batch, precision)
         natural_before = natural_asr(model, test, natural, rc.dataset.num_classes, batch, precision)
+    if obtained.bd_test is not None:  # the model file's own poisoned test set (BackdoorBench's bd_test)
+        asr = round(accuracy(model, obtained.bd_test, batch, precision), 6)
+        obtained.meta["bd_test"] = {"images": len(obtained.bd_test), "asr_before": asr}
     log.info("before: %s", _fmt(before))
     implant = implant_record(rc, before)
     with timed(timing, "defense"):
@@ -139,6 +142,8 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     with timed(timing, "curve"):
         curve_rows = evaluate_curve(out.curve, test, triggered, batch, precision)
     log.info("after:  %s", _fmt(after))
+    if obtained.bd_test is not None:
+        obtained.meta["bd_test"]["asr_after"] = round(accuracy(out.model, obtained.bd_test, batch, precision), 6)
     timing["total"] = round(time.perf_counter() - start, 3)
     config = rc.resolved
     result = assemble_result(

@@ -30,6 +30,7 @@ from benchmark.run.runtime import runtime_info
 from benchmark.run.streams import STREAMS_VERSION, Streams
 from benchmark.weights import model_cache
 from benchmark.weights.checkpoint import weights_digest
+from benchmark.weights.local import LocalSettings, model_from_path
 from benchmark.weights.model_cache import cache_key
 from benchmark.weights.zoo import model_from_zoo
 
@@ -110,11 +111,13 @@ class Job:
 
 @dataclass(frozen=True)
 class Obtained:
-    """A cell's model and its provenance: "zoo", "cache" or "trained", and the metadata result.json records."""
+    """A cell's model and its provenance: "path", "zoo", "cache" or "trained", and the metadata result.json
+    records; `bd_test`: a poisoned test set the model's file carries (BackdoorBench's), evaluated beside ours."""
 
     model: nn.Module
     source: str
     meta: dict[str, Any]
+    bd_test: ImageSet | None = None
 
 
 @dataclass(frozen=True)
@@ -236,6 +239,13 @@ def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> Obtaine
     For `attack=none` it is the clean model, from the clean model's cache entry (trained once for both).
     """
     job = Job(rc, data, device)
+    if rc.model.path:
+        local = model_from_path(
+            _local_settings(rc), (rc.arch.name, rc.arch.kwargs, rc.dataset.num_classes), rc.attack, job.new_model
+        )
+        meta = {**local.meta, "weights_sha256": weights_digest(local.model)}
+        bd_test = local.bd_test.to(device) if local.bd_test is not None else None
+        return Obtained(local.model.to(device), "path", meta, bd_test)
     zoo = model_from_zoo(rc.model, rc.key.model_key(), zoo_settings(rc), rc.attack, job.new_model)
     if zoo is not None:
         obtained = Obtained(zoo.model.to(device), "zoo", zoo.meta)
@@ -246,3 +256,8 @@ def obtain_model(rc: RunConfig, data: CellData, device: torch.device) -> Obtaine
     return Obtained(
         obtained.model, obtained.source, {**obtained.meta, "weights_sha256": weights_digest(obtained.model)}
     )
+
+
+def _local_settings(rc: RunConfig) -> LocalSettings:
+    m = rc.model
+    return LocalSettings(str(m.path), m.state_dict_key, tuple(m.strip_prefix), dict(m.rename))

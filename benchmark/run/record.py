@@ -61,6 +61,13 @@ def clean_floats(obj: Any) -> Any:
 
 
 MODEL_META_KEYS = ("train_seconds", "attack_prepare_seconds", "poisoned", "cover", "zoo", "runtime")
+# Recorded only when present: a model read from `model.path` (its file, BackdoorBench's settings, its bd_test ASR).
+PATH_META_KEYS = ("path", "backdoorbench", "bd_test")
+
+
+def _rounded(m: Metrics) -> dict[str, float]:
+    """Metrics to 6 decimals: a float32 fraction read as a float64 carries noise (0.8805000185966492)."""
+    return {k: round(v, 6) for k, v in m.as_dict().items()}
 
 
 def assemble_result(
@@ -82,16 +89,19 @@ def assemble_result(
         "model_source": source,
         "model_sha256": meta.get("sha256"),
         "weights_sha256": meta.get("weights_sha256"),
-        "before": before.as_dict(),
-        "after": after.as_dict(),
-        "der": der(before, after),
+        "before": _rounded(before),
+        "after": _rounded(after),
+        "der": round(der(before, after), 6),
         "defense_info": {**defense_info, "curve": curve_rows} if curve_rows else defense_info,
         "timing_s": timing,
         "config": config,
         "versions": versions(),
         "random_streams": STREAMS_VERSION,
         "runtime": runtime,
-        "model_meta": {k: meta.get(k) for k in MODEL_META_KEYS},
+        "model_meta": {
+            **{k: meta.get(k) for k in MODEL_META_KEYS},
+            **{k: meta[k] for k in PATH_META_KEYS if k in meta},
+        },
     }
 
 

@@ -67,6 +67,10 @@ class ModelSource(Checked):
     deadline_s: float = bounded(1800.0, 1.0, 86400.0)  # the whole download, retries included
     min_rate_kb_s: float = bounded(10.0, 0.01, 1e6)  # slower (kB/s, 1 kB = 1000 bytes): cut off
     retries: int = bounded(2, 0, 20)
+    path: str | None = None  # a checkpoint of your own (or BackdoorBench's attack_result.pt): used instead
+    state_dict_key: str | None = "state_dict"  # model.path: where the state dict sits in the file, if nested
+    strip_prefix: list[str] = field(default_factory=lambda: ["module."])  # model.path: prefixes dropped
+    rename: dict[str, str] = field(default_factory=dict)  # model.path: {regex: replacement} on key names
 
 
 @dataclass

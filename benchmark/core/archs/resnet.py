@@ -58,9 +58,11 @@ class ResNet(nn.Module):
         in_channels: int,
         norm_layer: NormLayer,
         width: int = 64,
+        final_norm: bool = True,
     ) -> None:
         super().__init__()
         self.preact = block is PreActBlock
+        self.final_norm = self.preact and final_norm
         self.conv1 = _conv3x3(in_channels, width)
         if not self.preact:
             self.bn1 = norm_layer(width)
@@ -73,7 +75,7 @@ class ResNet(nn.Module):
                 nn.Sequential(block(cin, w, stride, norm_layer), block(w, w, 1, norm_layer)),
             )
             cin = w
-        if self.preact:
+        if self.final_norm:
             self.bn = norm_layer(cin)
         self.linear = nn.Linear(cin, num_classes)
 
@@ -82,7 +84,7 @@ class ResNet(nn.Module):
         if not self.preact:
             out = F.relu(self.bn1(out))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        if self.preact:
+        if self.final_norm:
             out = F.relu(self.bn(out))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
@@ -97,6 +99,11 @@ def resnet18(num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.
 
 @register_arch
 def preact_resnet18(
-    num_classes: int, in_channels: int = 3, norm_layer: NormLayer = nn.BatchNorm2d, width: int = 64
+    num_classes: int,
+    in_channels: int = 3,
+    norm_layer: NormLayer = nn.BatchNorm2d,
+    width: int = 64,
+    final_norm: bool = True,
 ) -> ResNet:
-    return ResNet(PreActBlock, num_classes, in_channels, norm_layer, width)
+    """`final_norm=False`: no BatchNorm+ReLU after the last stage, as in BackdoorBench's PreActResNet18."""
+    return ResNet(PreActBlock, num_classes, in_channels, norm_layer, width, final_norm)
