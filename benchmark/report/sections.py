@@ -141,17 +141,18 @@ def published_section(g: Group, entries: list[Entry]) -> Section | None:
                     "–" if ca is None or asr is None else f"{100 * ca.mean:.1f} / {100 * asr.mean:.1f}"
                     for ca, asr in (ours_before, ours_after)
                 )
+                mismatches = "mismatches: " + ("; ".join(m.mismatches) or "none")
                 if e.values is None:
-                    verdict = f"not available here: {e.note}"
+                    verdict = f"not available here: {e.note}; {mismatches}"
                 elif m.mismatches:
-                    verdict = "not compared: " + "; ".join(m.mismatches)
+                    verdict = f"not compared: {mismatches}"
                 else:
                     diffs = [
                         _diff(s, e.value(phase, k))
                         for phase, stats in (("before", ours_before), ("after", ours_after))
                         for s, k in zip(stats, ("clean_acc", "asr"), strict=True)
                     ]
-                    verdict = f"ours − published: {diffs[0]} / {diffs[1]} → {diffs[2]} / {diffs[3]}"
+                    verdict = f"ours − published: {diffs[0]} / {diffs[1]} → {diffs[2]} / {diffs[3]}; {mismatches}"
                     verdict += "".join(f"; caveat: {c}" for c in e.caveats)
                 published = f"{_pub(e, 'before')} → {_pub(e, 'after')}"
                 rows.append([attack, defense, f"{e.id} ({e.cite()})", published, ours, verdict])
@@ -163,7 +164,7 @@ def published_section(g: Group, entries: list[Entry]) -> Section | None:
         "(those without numbers only where "
         "their settings match); CA / ASR in %, before → after the "
         "defense; ours: the mean over seeds. A difference is given only where every setting of the entry matches "
-        "the cell's config; otherwise each setting that differs is named"
+        "the cell's config; every comparison lists its mismatches (the settings that differ, or none)"
     ]
     return Section("published", "Published numbers beside ours", header, rows, notes)
 

@@ -17,6 +17,7 @@ from benchmark.core.errors import BenchmarkError, stop_interrupted
 from benchmark.report.html import html_report
 from benchmark.report.markdown import first_line, markdown
 from benchmark.report.schema import notes_markdown, report_notes, write_set
+from benchmark.report.stability import MAX_ASR, MAX_CA_COST, stability_report
 from benchmark.report.table import Cell, Group, Key, collect, columns, group_cells, summary_rows, to_csv
 from benchmark.run.sweep import cells_running
 
@@ -37,8 +38,15 @@ class Report:
         return [c for c in self.cells if not c.ok]
 
 
-def write_report(root: Path, max_ca_drop: float = 0.05, plots: bool = True) -> Report:
-    """Read every cell under `root` and write results.csv, summary.csv, results.md, report.html and plots/ there.
+def write_report(
+    root: Path,
+    max_ca_drop: float = 0.05,
+    plots: bool = True,
+    stability_max_asr: float = MAX_ASR,
+    stability_max_ca_cost: float = MAX_CA_COST,
+) -> Report:
+    """Read every cell under `root` and write results.csv, summary.csv, results.md, report.html and plots/ there;
+    cells that differ in a defense's knobs (experiment=stability) also get stability scores and heat-maps.
 
     Raises NoCellsError, before writing anything, when `root` is not a directory or holds no cell.
     """
@@ -66,10 +74,11 @@ def write_report(root: Path, max_ca_drop: float = 0.05, plots: bool = True) -> R
     notes = report_notes(cells, running)
     for line in notes:
         log.warning("report: %s", line)
+    stability = stability_report(root, cells, stability_max_asr, stability_max_ca_cost, plots)
     texts = [  # all rendered before any is written: one odd cell cannot leave them disagreeing
         to_csv(rows, columns(rows)),
         to_csv(summary, list(dict.fromkeys(k for r in summary for k in r))),
-        markdown(root, cells, groups, max_ca_drop, images) + notes_markdown(notes),
+        markdown(root, cells, groups, max_ca_drop, images) + stability + notes_markdown(notes),
         html_report(root, cells, groups, max_ca_drop, images),
     ]
     write_set(dict(zip(files, texts, strict=True)))
@@ -132,14 +141,21 @@ class ReportCallback(Callback):
     then exits 1 when a cell failed, after its results and the report are safely written.
     """
 
-    def __init__(self, max_ca_drop: float = 0.05, fail_on_error: bool = True) -> None:
+    def __init__(
+        self,
+        max_ca_drop: float = 0.05,
+        fail_on_error: bool = True,
+        stability_max_asr: float = MAX_ASR,
+        stability_max_ca_cost: float = MAX_CA_COST,
+    ) -> None:
         self.max_ca_drop = max_ca_drop
         self.fail_on_error = fail_on_error
+        self.stability = (stability_max_asr, stability_max_ca_cost)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         root = Path(str(config.hydra.sweep.dir))
         try:
-            report = write_report(root, self.max_ca_drop)
+            report = write_report(root, self.max_ca_drop, True, *self.stability)
             logger = OmegaConf.to_container(config.logger, resolve=True) if "logger" in config else {}
             if isinstance(logger, dict) and logger.get("kind") == "wandb":
                 log_to_wandb(report, root, logger, root.name)
@@ -177,15 +193,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="best defense: the lowest ASR among those losing at most this clean accuracy (default 0.05)",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument(
+        "--stability-max-asr", type=float, default=MAX_ASR, help="stability score: a cell passes at ASR <= this"
+    )
+    parser.add_argument(
+        "--stability-max-ca-cost",
+        type=float,
+        default=MAX_CA_COST,
+        help="stability score: ... and a clean-accuracy loss <= this (fraction)",
+    )
     parser.add_argument("--wandb", action="store_true", help="also log an aggregate wandb run (offline without a key)")
     parser.add_argument("--wandb-project", default="backdoor-benchmark")
     parser.add_argument("--wandb-group", default=None, help="default: the directory's name")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not 0.0 <= args.max_ca_drop <= 1.0:
-        parser.error(f"--max-ca-drop={args.max_ca_drop} is out of range: allowed [0.0, 1.0]")
+    for flag in ("max_ca_drop", "stability_max_asr", "stability_max_ca_cost"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            parser.error(f"--{flag.replace('_', '-')}={getattr(args, flag)} is out of range: allowed [0.0, 1.0]")
     try:
-        report = write_report(args.dir, args.max_ca_drop, plots=not args.no_plots)
+        report = write_report(
+            args.dir, args.max_ca_drop, not args.no_plots, args.stability_max_asr, args.stability_max_ca_cost
+        )
     except BenchmarkError as exc:  # no cells, a full disk
         print(exc, file=sys.stderr)
         return 2

@@ -193,6 +193,7 @@ def test_every_experiment_preset_against_the_registry(preset: str, tmp_home: Pat
             "published at defense_data.size 2500, this cell 500",
             "published at defense.mask_lr 0.01, this cell 0.2",
             "published at defense.selection oracle, this cell threshold",
+            "published at defense.batch_size 256, this cell 128",  # BackdoorBench's ANP batch
         }
         assert shown[("sig", "anp", "anp-paper-cifar10-resnet18")] == []  # settings match; values: null
     if preset == "quickstart":
@@ -330,7 +331,11 @@ def test_report_shows_the_clean_model_the_paired_difference_and_published_number
     rnp_row = next(line for line in md.splitlines() if "rnp-log-cifar10-resnet18-badnets-t0.20" in line)
     assert "ours − published: −1.4 / +0.0 → −2.8 / +3.4" in rnp_row  # 92.0 − 93.4, 90.0 − 92.8, 10.0 − 6.61
     t15 = next(line for line in md.splitlines() if "badnets-t0.15" in line)
-    assert "not compared: published at defense.prune_threshold 0.15, this cell 0.2" in t15
+    assert "not compared: mismatches: published at defense.prune_threshold 0.15, this cell 0.2" in t15
+    assert "mismatches: none" in rnp_row  # every comparison lists its mismatches, an empty list as none
+    published = md.split("Published numbers beside ours")[1].split("\n## ")[0]
+    rows = [line for line in published.splitlines() if line.startswith("| badnets") or line.startswith("| none")]
+    assert rows and all("mismatches: " in line for line in rows)
     anp_row = next(line for line in md.splitlines() if "backdoorbench-cifar10-preact_resnet18-badnets-anp" in line)
     assert "published at arch.name preact_resnet18, this cell resnet18" in anp_row and "ours − published" not in anp_row
     paper = next(line for line in md.splitlines() if "rnp-paper-cifar10-resnet18" in line)
