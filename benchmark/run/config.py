@@ -88,8 +88,9 @@ class RunConfig:
     paths: PathsConfig
     defense_data: DefenseDataConfig
     eval: EvalConfig
+    curve: int | None = None  # defense.curve: None = every point the defense records, 0 = off, N = N of them
     device: str = "auto"
-    threads: int | None = None
+    threads: int | str | None = None
     precision: Precision = AUTO
     resume: bool = True
     sweep_name: str = "default"
@@ -128,6 +129,13 @@ def build_target(node: DictConfig, base: type) -> Any:
         return cls(**params)
     except TypeError as exc:  # unknown or missing parameter names
         raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+def _without(node: DictConfig, key: str) -> DictConfig:
+    """`node` minus a harness setting (e.g. `defense.curve`) that the method's own class does not take."""
+    out = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    out.pop(key, None)
+    return out
 
 
 def typed_section(cls: type, node: Any, what: str) -> Any:
@@ -171,6 +179,17 @@ def _int_in(value: Any, name: str, lo: int, hi: int | None = None) -> int:
     return value
 
 
+def check_curve(value: Any) -> int | None:
+    """`defense.curve`: all (every point, the paper presets' default), off (no curve: 0) or N points (N >= 1)."""
+    if value is None or value == "all":
+        return None
+    if value is False or value == "off":
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"defense.curve={value!r} is invalid: choose all, off, or a number of points >= 1")
+
+
 def check_settings(cfg: DictConfig) -> dict[str, Any]:
     """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
     threads = cfg.get("threads")
@@ -212,7 +231,8 @@ def build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None = None) 
         augment=AugmentSpec(**dataset.augment),
         arch=arch,
         attack=attack,
-        defense=build_target(cfg.defense, Defense),
+        defense=build_target(_without(cfg.defense, "curve"), Defense),
+        curve=check_curve(cfg.defense.get("curve")),
         recipe=typed_section(TrainRecipe, cfg.train, "train"),
         logger=typed_section(LoggerConfig, cfg.logger, "logger"),
         model=typed_section(ModelSource, cfg.model, "model") if "model" in cfg else ModelSource(),
