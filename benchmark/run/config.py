@@ -190,6 +190,15 @@ def check_curve(value: Any) -> int | None:
     raise ConfigError(f"defense.curve={value!r} is invalid: choose all, off, or a number of points >= 1")
 
 
+def check_threads(value: Any) -> int | str | None:
+    """`threads`: null (torch's default), auto (the free cores: os.getloadavg vs the affinity mask), or N >= 1."""
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"threads={value!r} is invalid: expected auto, null or an integer >= 1")
+    return value
+
+
 def check_settings(cfg: DictConfig) -> dict[str, Any]:
     """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
     threads = cfg.get("threads")
@@ -200,7 +209,7 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
     return {
         "seed": _int_in(cfg.get("seed", 0), "seed", *SEED_RANGE),
-        "threads": None if threads is None else _int_in(threads, "threads", 1),
+        "threads": check_threads(threads),
         "device": str(cfg.get("device", "auto")),
         "precision": precision,
         "resume": resume,
