@@ -71,6 +71,18 @@ def prepare_data(rc: RunConfig, device: torch.device) -> CellData:
     )
 
 
+def select_points(curve: list[CurvePoint], points: int | None) -> list[CurvePoint]:
+    """`defense.curve`: every point (None), none (0), or `points` spread evenly from the first to the last.
+
+    Points are built only when evaluated, so a shorter curve saves its evaluations and draws no random numbers.
+    """
+    if points is None or points >= len(curve):
+        return curve
+    if points <= 1:
+        return curve[:points]
+    return [curve[round(i * (len(curve) - 1) / (points - 1))] for i in range(points)]
+
+
 def evaluate_curve(
     curve: list[CurvePoint], test: ImageSet, triggered: TriggeredSet, batch_size: int, precision: Precision
 ) -> list[dict[str, Any]]:
@@ -139,8 +151,11 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     with timed(timing, "evaluate"):
         after = evaluate(out.model, test, triggered, batch, precision)
         natural_after = natural_asr(out.model, test, natural, rc.dataset.num_classes, batch, precision)
-    with timed(timing, "curve"):
-        curve_rows = evaluate_curve(out.curve, test, triggered, batch, precision)
+    curve = select_points(out.curve, rc.curve)
+    curve_rows = []
+    if curve:  # defense.curve=off: no curve, no curve timing, no curve.csv
+        with timed(timing, "curve"):
+            curve_rows = evaluate_curve(curve, test, triggered, batch, precision)
     log.info("after:  %s", _fmt(after))
     if obtained.bd_test is not None:
         obtained.meta["bd_test"]["asr_after"] = round(accuracy(out.model, obtained.bd_test, batch, precision), 6)

@@ -39,8 +39,20 @@ def check_output_dirs(argv: list[str]) -> None:
             check_writable(Path(value), f"hydra.{kind}.dir")
 
 
+def main() -> None:
+    """Check the torch/torchvision pair, then hand over to Hydra (whose callbacks import torchvision)."""
+    from benchmark.run.builds import check_torch_builds
+
+    try:
+        check_torch_builds()
+    except BenchmarkError as exc:
+        print(exc, file=sys.stderr)  # before Hydra: no logging is configured yet
+        sys.exit(2)
+    hydra_main()
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     if hc.mode == RunMode.MULTIRUN:  # resume, failed.json instead of an abort, one GPU per job

@@ -92,8 +92,9 @@ class RunConfig:
     paths: PathsConfig
     defense_data: DefenseDataConfig
     eval: EvalConfig
+    curve: int | None = None  # defense.curve: None = every point the defense records, 0 = off, N = N of them
     device: str = "auto"
-    threads: int | None = None
+    threads: int | str | None = None
     precision: Precision = AUTO
     resume: bool = True
     sweep_name: str = "default"
@@ -146,6 +147,13 @@ def build_target(node: DictConfig, base: type) -> Any:
         raise ConfigError(f"{cls.__name__}: {exc}") from None
 
 
+def _without(node: DictConfig, key: str) -> DictConfig:
+    """`node` minus a harness setting (e.g. `defense.curve`) that the method's own class does not take."""
+    out = OmegaConf.create(OmegaConf.to_container(node, resolve=True))
+    out.pop(key, None)
+    return out
+
+
 def typed_section(cls: type, node: Any, what: str) -> Any:
     """`cls(**node)`, with unknown or missing keys reported as a config error naming the node."""
     try:
@@ -187,6 +195,26 @@ def _int_in(value: Any, name: str, lo: int, hi: int | None = None) -> int:
     return value
 
 
+def check_curve(value: Any) -> int | None:
+    """`defense.curve`: all (every point, the paper presets' default), off (no curve: 0) or N points (N >= 1)."""
+    if value is None or value == "all":
+        return None
+    if value is False or value == "off":
+        return 0
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ConfigError(f"defense.curve={value!r} is invalid: choose all, off, or a number of points >= 1")
+
+
+def check_threads(value: Any) -> int | str | None:
+    """`threads`: null (torch's default), auto (the free cores: os.getloadavg vs the affinity mask), or N >= 1."""
+    if value is None or value == "auto":
+        return value
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(f"threads={value!r} is invalid: expected auto, null or an integer >= 1")
+    return value
+
+
 def check_settings(cfg: DictConfig) -> dict[str, Any]:
     """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
     threads = cfg.get("threads")
@@ -197,7 +225,7 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
     return {
         "seed": _int_in(cfg.get("seed", 0), "seed", *SEED_RANGE),
-        "threads": None if threads is None else _int_in(threads, "threads", 1),
+        "threads": check_threads(threads),
         "device": str(cfg.get("device", "auto")),
         "precision": precision,
         "resume": resume,
@@ -246,7 +274,8 @@ def _build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None) -> Run
         augment=AugmentSpec(**dataset.augment),
         arch=arch,
         attack=attack,
-        defense=build_target(cfg.defense, Defense),
+        defense=build_target(_without(cfg.defense, "curve"), Defense),
+        curve=check_curve(cfg.defense.get("curve")),
         recipe=typed_section(TrainRecipe, cfg.train, "train"),
         logger=typed_section(LoggerConfig, cfg.logger, "logger"),
         model=typed_section(ModelSource, cfg.model, "model") if "model" in cfg else ModelSource(),

@@ -63,8 +63,35 @@ def _check_gpu_index(name: str, index: int) -> None:
     )
 
 
+_CHOSEN_THREADS: dict[str, Any] = {}  # how `threads: auto` chose, for result.json's runtime (set once per process)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask: a container's or a SLURM job's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def auto_threads(cores: int, load: float) -> int:
+    """Threads for the cores that are actually free: on busy cores, two threads are slower than one.
+
+    `load` is the 1-minute load average (runnable processes, ours not yet among them); at least one thread.
+    """
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def resolve_threads(threads: int | str | None) -> int | None:
+    """`threads`: None keeps torch's default, N sets N, auto picks from the free cores and records why."""
+    _CHOSEN_THREADS.clear()
+    if threads != "auto":
+        return threads if isinstance(threads, int) else None
+    cores, load = usable_cores(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    chosen = auto_threads(cores, load)
+    _CHOSEN_THREADS.update({"threads_auto": {"cores": cores, "load_1min": round(load, 2), "chosen": chosen}})
+    return chosen
+
+
 def setup_runtime(
-    seed: int, device_name: str, threads: int | None = None, precision: str | Precision = "auto"
+    seed: int, device_name: str, threads: int | str | None = None, precision: str | Precision = "auto"
 ) -> torch.device:
     """Seeding, device choice and backend flags, done once for the whole process; checks and warns on `precision`.
 
@@ -76,8 +103,9 @@ def setup_runtime(
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if threads:
-        torch.set_num_threads(threads)
+    chosen_threads = resolve_threads(threads)
+    if chosen_threads:
+        torch.set_num_threads(chosen_threads)
     device = select_device(device_name)
     if device.type == "cuda":
         torch.cuda.set_device(device)  # indexed: select_device never returns a bare `cuda`
@@ -100,4 +128,5 @@ def runtime_info(device: torch.device, precision: Precision) -> dict[str, Any]:
         "cpu": cpu_name(),
         "precision": precision.resolved(device),
         "torch_threads": torch.get_num_threads(),
+        **_CHOSEN_THREADS,
     }

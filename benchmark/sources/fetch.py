@@ -143,8 +143,10 @@ def _record(path: Path, remote: Remote, digest: str, pinned: str | None, md5: st
             "fetched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         },
     )
-    if pinned is None:
+    if pinned is None and md5 is None:
         log.warning("sha256 of %s is not pinned; it is %s (recorded in %s)", path.name, digest, meta_path(path))
+    elif pinned is None:
+        log.info("%s matches its pinned md5; its sha256 is %s (recorded in %s)", path.name, digest, meta_path(path))
 
 
 def _partials(tmp: Path) -> list[Path]:
@@ -152,8 +154,14 @@ def _partials(tmp: Path) -> list[Path]:
     return [p for p in tmp.parent.glob(tmp.name + "*.part") if len(p.name) == len(tmp.name) + 8 + len(".part")]
 
 
-def _by_hand(remote: Remote, dest: Path, sha256: str | None) -> str:
-    pin = f"its sha256 must be {sha256}" if sha256 else "its sha256 is not pinned: it is recorded on first use"
+def _by_hand(remote: Remote, dest: Path, sha256: str | None, md5: str | None = None) -> str:
+    """How to install the file by hand, naming the digest it will be checked against (sha256, else md5)."""
+    if sha256:
+        pin = f"its sha256 must be {sha256}"
+    elif md5:
+        pin = f"its md5 must be {md5}; it is checked before use"
+    else:
+        pin = "no digest is pinned for it: its sha256 is recorded on first use"
     return f"To install it by hand: download {remote.public()}\nand save it as {dest} ({pin})."
 
 
@@ -404,14 +412,14 @@ def fetch(
         try:
             digest = _download(remote, tmp, Limits(timeout_s, deadline_s, min_rate_kb_s), retries, quiet)
         except FetchError as exc:
-            raise FetchError(f"{exc}\n{_by_hand(remote, dest, sha256)}") from None
+            raise FetchError(f"{exc}\n{_by_hand(remote, dest, sha256, md5)}") from None
         except BenchmarkError:
             raise
         except Exception as exc:  # gdown and requests raise many kinds; all mean "not downloaded"
             reason = _reason(exc)
             kept = " The partial download is kept and the next attempt resumes it." if _partials(tmp) else ""
             raise FetchError(
-                f"Could not download the {what} ({reason}).{kept}\n{_by_hand(remote, dest, sha256)}"
+                f"Could not download the {what} ({reason}).{kept}\n{_by_hand(remote, dest, sha256, md5)}"
             ) from exc
         _check_pinned(tmp, "sha256", digest, sha256, what, remote)
         if md5 is not None:

@@ -11,9 +11,11 @@ from omegaconf import OmegaConf
 
 from benchmark.core.archs import to_input
 from benchmark.core.errors import ConfigError
+from benchmark.core.precision import Precision
 from benchmark.run.config import build_run_config, check_writable
 from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.model import new_model
+from benchmark.run.runtime import auto_threads, runtime_info, setup_runtime, usable_cores
 from benchmark.weights.zoo import load_registry
 from tests.conftest import CONF, CONF_DIRS, STUDIES_CONF, compose_cfg, group_options
 
@@ -47,7 +49,7 @@ def test_defaults_are_the_paper_cell(tmp_home) -> None:
         ("arch.name=resnet183", "Unknown architecture 'resnet183'; choose from"),
         ("seed=-1", "seed=-1 is invalid"),
         ("seed=4294967296", "seed=4294967296 is invalid: expected an integer in [0, 4294967295]"),
-        ("threads=0", "threads=0 is invalid: expected an integer >= 1"),
+        ("threads=0", "threads=0 is invalid: expected auto, null or an integer >= 1"),
         ("eval.batch_size=0", "batch_size=0 is out of range"),
         ("precision=fp16", "precision='fp16' is invalid: choose from auto, fp32, bf16"),
         ("dataset.size=100000", "size=100000 is out of range: allowed [8, 1024]"),
@@ -162,3 +164,21 @@ def test_a_size_the_data_does_not_have_is_refused_not_recorded(tmp_home) -> None
 def test_a_pseudo_file_system_is_not_writable_even_for_root(tmp_home) -> None:
     with pytest.raises(ConfigError, match=r"paths\.cache=/proc/h25/cache is not writable: /proc refuses a new file"):
         check_writable(Path("/proc/h25/cache"), "paths.cache")
+
+
+def test_threads_auto_counts_only_the_free_cores() -> None:
+    assert auto_threads(2, 0.1) == 2 and auto_threads(2, 0.9) == 1 and auto_threads(2, 6.5) == 1
+    assert auto_threads(16, 4.2) == 12 and auto_threads(4, 0.0) == 4
+    assert build_run_config(compose_cfg(["experiment=quickstart"])).threads == "auto"
+
+
+def test_threads_auto_is_applied_and_recorded() -> None:
+    before = torch.get_num_threads()
+    try:
+        setup_runtime(0, "cpu", "auto")
+        info = runtime_info(torch.device("cpu"), Precision("fp32"))
+        auto = info["threads_auto"]
+        assert auto["cores"] == usable_cores() and 1 <= auto["chosen"] <= auto["cores"] and auto["load_1min"] >= 0
+        assert info["torch_threads"] == auto["chosen"]
+    finally:
+        torch.set_num_threads(before)

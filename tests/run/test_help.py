@@ -74,3 +74,11 @@ def test_the_sweep_check_accepts_lab_options_and_still_names_missing_ones(lab_co
     problems = missing_options(config, CONF)
     assert len(problems) == 1 and problems[0].startswith("experiment=nosuch not in conf/experiment/")
     assert "lab_quick" in problems[0]  # named among the choices
+
+
+def test_help_names_no_sweep_folder_the_quickstart_does_not_use(tmp_path: Path) -> None:
+    for args in (["--help"], ["experiment=quickstart", "--help"]):
+        proc = run_benchmark(args, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert "multirun/default" not in proc.stdout and "outputs/multirun/<sweep_name>/" in proc.stdout
+        assert "e.g. quickstart" in proc.stdout

@@ -120,6 +120,22 @@ def test_offline_fails_within_seconds_saying_what_to_download_and_where(tmp_home
     assert _no_leftovers(dest.parent) == []
 
 
+def test_offline_message_names_the_pinned_md5_not_an_unpinned_sha256(tmp_home, monkeypatch) -> None:
+    monkeypatch.setenv(GDRIVE_ENV, f"http://127.0.0.1:{_closed_port()}/uc?id={{id}}")
+    md5 = hashlib.md5(BODY, usedforsecurity=False).hexdigest()
+    with pytest.raises(FetchError) as err:
+        fetch(Remote(gdrive="FILEID123"), tmp_home / "data" / "a.tar.gz", None, md5=md5, quiet=True)
+    assert f"its md5 must be {md5}; it is checked before use" in str(err.value)
+    assert "not pinned" not in str(err.value)
+
+
+def test_md5_pinned_file_is_not_reported_as_unpinned(server, tmp_home, caplog) -> None:
+    md5 = hashlib.md5(BODY, usedforsecurity=False).hexdigest()
+    with caplog.at_level(logging.INFO, logger="benchmark.sources.fetch"):
+        fetch(Remote(url=server.url("w.bin")), tmp_home / "data" / "w.bin", None, md5=md5, quiet=True)
+    assert "not pinned" not in caplog.text and f"w.bin matches its pinned md5; its sha256 is {SHA}" in caplog.text
+
+
 def test_gdrive_ids_go_through_the_overridable_endpoint_and_404_is_clear(server, tmp_home, monkeypatch) -> None:
     monkeypatch.setenv(GDRIVE_ENV, server.base + "/{id}")
     got = fetch(Remote(gdrive="w.bin"), tmp_home / "a", SHA, quiet=True)
