@@ -131,11 +131,11 @@ def match(entry: Entry, config: dict[str, Any]) -> Match:
     return Match(entry, out)
 
 
-SCOPE = ("dataset.name", "arch.name")  # an entry for another dataset or architecture does not apply at all
+SCOPE = ("dataset.name",)  # an entry for another dataset does not apply at all; another arch is a named mismatch
 
 
 def applies(entry: Entry, config: dict[str, Any]) -> bool:
-    """Whether the entry is about this cell's dataset and architecture (its other settings may still differ)."""
+    """Whether the entry is about this cell's dataset (its architecture and other settings may still differ)."""
     return all(p not in entry.settings or _same(entry.settings[p], lookup(config, p)) for p in SCOPE)
 
 

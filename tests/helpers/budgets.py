@@ -38,7 +38,7 @@ BUDGETS: dict[str, dict[str, Budget]] = {
         "badnets": Budget(min_asr=0.8),  # also the session fixture's barely-learned backdoor (tests/conftest.py)
         "blend": Budget(min_asr=0.9),
         "sig": Budget(min_asr=0.85),  # 0.877 in a debug=implant cell (random streams v2, seed 0)
-        "wanet": Budget(min_asr=0.5),  # its subtle warp: 0.617 after debug=implant's 6 epochs (streams v2)
+        "wanet": Budget(min_asr=0.8, implant=("train.epochs=10",)),  # its subtle warp: 0.862 at 10 epochs, 0.617 at 6
         "ablend": Budget(min_asr=0.7),  # 5% payload + 5% cover here (conf/attack_dataset/ablend_embedded.yaml)
         # The clean-model attacks retrain a clean model briefly: on 3,000 images TrojanNN's and AWP's backdoors
         # stay weak, so they (and CL, FC: one clean model for the four) take the quickstart's 11,000.
