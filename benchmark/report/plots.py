@@ -23,7 +23,7 @@ from benchmark.report.table import BASELINE, CLEAN, Group, Key, Stat, file_safe,
 CURVE_METRICS = (("clean_acc", "clean accuracy"), ("asr", "attack success rate"), ("robust_acc", "robust accuracy"))
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     """PNG bytes written atomically: a report being regenerated never shows a torn image."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -74,7 +74,7 @@ def clean_vs_asr(path: Path, title: str, g: Group) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def mean_curve(
@@ -135,7 +135,7 @@ def param_curve(path: Path, title: str, x: str, curves: list[list[dict[str, Any]
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _unpruned_x(per_defense: dict[str, tuple[list, list[float]]]) -> tuple[float, float]:
@@ -168,7 +168,7 @@ def pruning_curves(
     path: Path, title: str, per_defense: dict[str, tuple[list, list[float]]], base: dict[str, Stat | None]
 ) -> Path:
     """The pruning figure (`pruning_figure`) as a PNG at `path`."""
-    return _save(pruning_figure(title, per_defense, base), path)
+    return save_figure(pruning_figure(title, per_defense, base), path)
 
 
 def pruning_figure(title: str, per_defense: dict[str, tuple[list, list[float]]], base: dict[str, Stat | None]) -> Any:
@@ -250,7 +250,7 @@ def clean_cost(path: Path, title: str, g: Group) -> Path | None:
         ax.grid(alpha=0.3, axis="y")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def group_plots(out_dir: Path, key: Key, g: Group) -> list[Path]:

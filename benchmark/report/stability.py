@@ -121,7 +121,7 @@ def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Pat
     one knob gives a strip, two a grid; more than two knobs get no picture (None). Needs matplotlib."""
     if len(s.knobs) > 2:
         return None
-    from benchmark.report.plots import _save, plt
+    from benchmark.report.plots import plt, save_figure
 
     xs = s.axis(0)
     ys = s.axis(1) if len(s.knobs) == 2 else [""]
@@ -144,7 +144,7 @@ def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Pat
         fontsize=8,
     )
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def heatmaps(root: Path, found: Sequence[Stability], max_asr: float, max_ca_cost: float) -> dict[Stability, str]:

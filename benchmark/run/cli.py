@@ -39,16 +39,17 @@ def check_output_dirs(argv: list[str]) -> None:
             check_writable(Path(value), f"hydra.{kind}.dir")
 
 
-def main() -> None:
-    """Check the torch/torchvision pair, then hand over to Hydra (whose callbacks import torchvision)."""
+def check_start_up(argv: list[str]) -> None:
+    """The torch/torchvision pair first (the output check imports torchvision), then the output folder:
+    each fault is one message and exit code 2 before Hydra, which would bury it in its own traceback."""
     from benchmark.run.builds import check_torch_builds
 
     try:
         check_torch_builds()
+        check_output_dirs(argv)
     except BenchmarkError as exc:
-        print(exc, file=sys.stderr)  # before Hydra: no logging is configured yet
-        sys.exit(2)
-    hydra_main()
+        print(f"Error: {exc}", file=sys.stderr)  # before Hydra: no logging is configured yet
+        raise SystemExit(2) from None
 
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
@@ -82,14 +83,10 @@ def hydra_main(cfg: DictConfig) -> None:
 
 
 def entry() -> None:
-    """`python -m benchmark`: the output folder checked first, then Hydra."""
+    """`python -m benchmark`: the start-up checks, then Hydra."""
     os.environ.setdefault("HYDRA_FULL_ERROR", "0")
-    try:
-        check_output_dirs(sys.argv[1:])
-    except BenchmarkError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    main()
+    check_start_up(sys.argv[1:])
+    hydra_main()
 
 
 if __name__ == "__main__":
