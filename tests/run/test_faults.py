@@ -407,8 +407,13 @@ def test_ctrl_c_in_the_report_prints_one_line(tmp_path: Path, monkeypatch, capsy
         time.sleep(5)
 
     monkeypatch.setattr(write, "write_report", interrupted)
-    with pytest.raises(SystemExit) as stop:
-        write.main([str(tmp_path)])
+    # a job started in the background inherits SIGINT ignored: give the test the handler a terminal gives
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            write.main([str(tmp_path)])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert stop.value.code == INTERRUPTED_EXIT
     err = capsys.readouterr().err
     assert err.startswith(f"Interrupted (Ctrl-C): the report of {tmp_path} was not finished") and err.count("\n") == 1
