@@ -118,3 +118,9 @@ def write_probe(folder: Path) -> str | None:
     with contextlib.suppress(OSError):
         os.unlink(tmp)
     return None
+
+
+def own_home() -> Path:
+    """The user's own cache folder (`$BENCHMARK_HOME`, else ~/.cache/backdoor-benchmark): where what a shared
+    folder mounted read-only cannot take (model-cache entries, resized datasets) is written instead."""
+    return Path(os.environ.get("BENCHMARK_HOME") or Path.home() / ".cache" / "backdoor-benchmark").expanduser()

@@ -9,7 +9,6 @@ Attacks that start from a clean model (TrojanNN, CL, FC, AWP) get it from the sa
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from attacks.poison import poison_for_training, triggered_test
 from benchmark.core.archs import build_classifier
 from benchmark.core.data import DataSplits, ImageSet
 from benchmark.core.evaluate import evaluate
+from benchmark.core.io import own_home
 from benchmark.core.training import RUNTIME_FIELDS, train_classifier
 from benchmark.run.config import RunConfig
 from benchmark.run.runtime import runtime_info
@@ -153,8 +153,7 @@ def train_clean(job: Job, model: nn.Module) -> dict[str, Any]:
 
 def own_cache(rc: RunConfig) -> Path:
     """Where new entries go when `paths.cache` is a shared cache mounted read-only: the user's own cache."""
-    home = os.environ.get("BENCHMARK_HOME") or str(Path.home() / ".cache" / "backdoor-benchmark")
-    return Path(home).expanduser() / "models"
+    return own_home() / "models"
 
 
 def clean_model(job: Job) -> Obtained:

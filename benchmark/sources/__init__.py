@@ -2,7 +2,8 @@
 and the dataset loaders with their registry. Beside the methods, which never import it.
 
 `registry` holds the loader per name, `loaders` and `imagenet12` the loaders themselves (imported here so that
-every name is registered once the package is imported), `source` what a loader may fetch (the composed
+every name is registered once the package is imported), `resized` the resized-image file two of them keep
+(in the user's own cache when the data folder is read-only), `source` what a loader may fetch (the composed
 `dataset` config: files, mirror, download, size).
 """
 

@@ -28,7 +28,7 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from benchmark.core.errors import BenchmarkError, DiskFullError, human_size
-from benchmark.core.io import honour_umask
+from benchmark.core.io import disk_full, honour_umask
 
 log = logging.getLogger(__name__)
 
@@ -206,8 +206,9 @@ def extract_many(archives: list[Path], target: Path, kinds: list[Kind | None] | 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".extracting"))
     try:
+        written = 0  # bytes the archives before this one expanded to (a full disk's message counts them in)
         for archive, kind in zip(archives, resolved, strict=True):
-            _extract_into(archive, tmp, kind)
+            written = _extract_into(archive, tmp, kind, written)
         honour_umask(tmp)  # mkdtemp makes it 0700; the extracted folder is shared like any other
         os.replace(tmp, target)
     except BaseException:
@@ -238,19 +239,36 @@ def _reading(archive: Path) -> Iterator[None]:
         raise DamagedArchiveError(archive, exc) from exc
 
 
-def _extract_into(archive: Path, folder: Path, kind: Kind) -> None:
-    """Check every member of one archive, then extract it."""
+def _extract_into(archive: Path, folder: Path, kind: Kind, before: int = 0) -> int:
+    """Check every member of one archive, then extract it; returns `before` plus the bytes it expanded to."""
     with _reading(archive):
         if kind == "zip":
             with zipfile.ZipFile(archive) as zf:
                 _check_zip(zf, archive)
-                check_expansion(archive, [i.file_size for i in zf.infolist()], folder)
-                zf.extractall(folder)  # zipfile stops each member at its declared size
+                sizes = [i.file_size for i in zf.infolist()]
+                check_expansion(archive, sizes, folder)
+                with _filling(folder.parent, before + sum(sizes), archive):
+                    zf.extractall(folder)  # zipfile stops each member at its declared size
         else:
             with tarfile.open(archive) as tf:
                 _check_tar(tf, archive)
-                check_expansion(archive, [m.size for m in tf.getmembers() if m.isfile()], folder)
-                tf.extractall(folder, filter="data")  # the stdlib's own guard as a second line of defence
+                sizes = [m.size for m in tf.getmembers() if m.isfile()]
+                check_expansion(archive, sizes, folder)
+                with _filling(folder.parent, before + sum(sizes), archive):
+                    tf.extractall(folder, filter="data")  # the stdlib's own guard as a second line of defence
+    return before + sum(sizes)
+
+
+@contextlib.contextmanager
+def _filling(folder: Path, needed: int, archive: Path) -> Iterator[None]:
+    """A disk or quota that fills while members are written: one message naming the folder the archive was being
+    extracted into (not the temp folder, which is removed) and the bytes the extraction needs."""
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, DiskFullError) or not disk_full(exc):
+            raise
+        raise DiskFullError(folder, needed, f"extracting {archive.name}") from None
 
 
 class DamagedArchiveError(BenchmarkError):

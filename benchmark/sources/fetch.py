@@ -33,8 +33,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from benchmark.core.errors import BenchmarkError, ConfigError, DataMissingError
-from benchmark.core.io import atomic_write_json, honour_umask, write_probe
+from benchmark.core.errors import BenchmarkError, ConfigError, DataMissingError, DiskFullError
+from benchmark.core.io import atomic_write_json, disk_full, honour_umask, write_probe
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +191,13 @@ class _Watchdog:
         self.cancel = threading.Event()
         self.reason: str | None = None
         self.received = 0
+        self.total: int | None = None  # the file's size, once the server has announced it
         self._start = time.monotonic()
         self._seen: list[tuple[float, int]] = [(self._start, 0)]  # (time, bytes so far) at each progress call
         self._done = threading.Event()
 
     def progress(self, so_far: int, total: int | None) -> None:
-        self.received = so_far
+        self.received, self.total = so_far, total
         self._seen.append((time.monotonic(), so_far))
 
     def _check(self) -> str | None:
@@ -273,7 +274,8 @@ def _download(remote: Remote, tmp: Path, limits: Limits, retries: int, quiet: bo
 
 
 def _watched_download(url: str, tmp: Path, limits: Limits, retries: int, quiet: bool) -> str:
-    """gdown's transfer under the watchdog; a stop for the deadline or the rate becomes a FetchError."""
+    """gdown's transfer under the watchdog; a stop for the deadline or the rate becomes a FetchError, a full
+    disk or quota a DiskFullError (a network failure would tell the user to download by hand, which fails too)."""
     from gdown.exceptions import DownloadCancelled, DownloadError
 
     with _Watchdog(limits).running() as watch:
@@ -295,6 +297,24 @@ def _watched_download(url: str, tmp: Path, limits: Limits, retries: int, quiet: 
                 f"Stopped downloading {url}: {watch.reason}; {watch.received} bytes had arrived (counted in whole "
                 f"512 KiB blocks).{kept} The zoo's limits are model.deadline_s and model.min_rate_kb_s."
             ) from None
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise _full_disk(tmp, watch.total) from None
+
+
+def _full_disk(tmp: Path, total: int | None) -> DiskFullError:
+    """The error for a disk that filled under download `tmp`: its partial bytes stay for the rerun to resume
+    (an empty partial file is dropped), so the space needed is what is still to come, when the size is known."""
+    kept = 0
+    for part in _partials(tmp):
+        size = part.stat().st_size
+        if not size:
+            part.unlink()
+        kept += size
+    note = f" ({kept} bytes that arrived are kept; the rerun resumes from there)" if kept else ""
+    name = tmp.name.removesuffix(".download")
+    return DiskFullError(tmp.parent, None if total is None else max(total - kept, 0), f"downloading {name}{note}")
 
 
 def _drop_partials_of_other_source(tmp: Path, remote: Remote) -> None:
@@ -393,8 +413,8 @@ def fetch(
     Concurrent callers share one download (file lock). A pinned hash that does not match: the file is
     deleted, nothing is cached and `ChecksumError` says so (likewise a pinned `md5`, for sources that publish
     only an md5). Network trouble, or a transfer past `deadline_s` or below `min_rate_kb_s`: `FetchError` with
-    how to put the file in place by hand; partial bytes stay for the next attempt to resume. An unpinned file
-    cached from another source is fetched again.
+    how to put the file in place by hand; partial bytes stay for the next attempt to resume (likewise on a full
+    disk or quota, which is a `DiskFullError` instead). An unpinned file cached from another source is fetched again.
     """
     check_sha256(sha256)
     check_md5(md5)

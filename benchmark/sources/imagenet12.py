@@ -22,11 +22,11 @@ from PIL import Image
 
 from benchmark.core.data.images import ImageSet
 from benchmark.core.errors import DataMissingError
-from benchmark.core.io import atomic_torch_save
 from benchmark.core.progress import Progress
 from benchmark.sources.archives import archive_stem, extract, sniff
 from benchmark.sources.fetch import Fetched, FetchError, fetch
 from benchmark.sources.registry import OFFLINE_HINT, register_loader
+from benchmark.sources.resized import load_resized, save_resized
 from benchmark.sources.source import FileSpec, Source, extract_fetched
 
 log = logging.getLogger(__name__)
@@ -187,10 +187,9 @@ def read_folder(folder: Path, classes: list[str], size: int = SIZE) -> ImageSet:
 def load(root: Path, source: Source) -> tuple[ImageSet, ImageSet]:
     """(train, test) at `dataset.size` (224) from the tensor cache, else from the folders (fetched when needed)."""
     size = source.size or SIZE
-    cached = root / f"imagenet12_{size}.pt"
-    if cached.exists():
-        blob = torch.load(cached, map_location="cpu", weights_only=True, mmap=True)  # ~2 GB: no second copy
-        return ImageSet(blob["train_x"], blob["train_y"]), ImageSet(blob["test_x"], blob["test_y"])
+    cached = f"imagenet12_{size}.pt"
+    if (loaded := load_resized(root, cached, "ImageNet-12", mmap=True)) is not None:  # ~2 GB: no second copy
+        return loaded
     train_dir, test_dir = locate(root, source)
     classes = [p.name for p in _class_dirs(train_dir)]
     test_classes = [p.name for p in _class_dirs(test_dir)]
@@ -199,6 +198,5 @@ def load(root: Path, source: Source) -> tuple[ImageSet, ImageSet]:
         raise DataMissingError(f"ImageNet-12: {train_dir} and {test_dir} have different class folders: {only}")
     log.info("ImageNet-12: %d classes in %s and %s; resizing to %d px once", len(classes), train_dir, test_dir, size)
     train, test = read_folder(train_dir, classes, size), read_folder(test_dir, classes, size)
-    blob = {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y, "classes": classes}
-    atomic_torch_save(blob, cached)
+    save_resized(root, cached, "ImageNet-12", train, test, classes=classes)
     return train, test

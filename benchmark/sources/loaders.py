@@ -17,9 +17,9 @@ import torch
 
 from benchmark.core.data.images import ImageSet
 from benchmark.core.errors import ConfigError, DataMissingError
-from benchmark.core.io import atomic_torch_save
 from benchmark.sources.idx import idx_pair
 from benchmark.sources.registry import Loader, download_failed, missing, register_loader
+from benchmark.sources.resized import load_resized, save_resized
 from benchmark.sources.source import Source, extract_fetched, fetch_archive
 
 EMBEDDED_DIR = Path(__file__).parent / "fashion_mnist_subset"
@@ -146,13 +146,13 @@ GTSRB_PARTS = ("GTSRB/Training", "GTSRB/Final_Test/Images", "GT-final_test.csv")
 def load_gtsrb(root: Path, source: Source) -> tuple[ImageSet, ImageSet]:
     """GTSRB: the three published zips extracted into torchvision's layout, read by torchvision, resized once.
 
-    The resized images are cached as a tensor file beside the images (`gtsrb_<size>.pt`).
+    The resized images are cached as a tensor file beside the images (`gtsrb_<size>.pt`; a read-only data
+    folder's in the user's own cache: resized.py).
     """
     size = source.size or 32
-    cached = root / f"gtsrb_{size}.pt"
-    if cached.exists():
-        blob = torch.load(cached, weights_only=True)
-        return ImageSet(blob["train_x"], blob["train_y"]), ImageSet(blob["test_x"], blob["test_y"])
+    cached = f"gtsrb_{size}.pt"
+    if (loaded := load_resized(root, cached, "gtsrb")) is not None:
+        return loaded
     base = root / "gtsrb"  # torchvision's GTSRB(root) reads root/gtsrb/
     if not base.exists():
         archives = [fetch_archive(source, "gtsrb", role, root) for role in ("train", "test_images", "test_gt")]
@@ -167,7 +167,7 @@ def load_gtsrb(root: Path, source: Source) -> tuple[ImageSet, ImageSet]:
 
     sets = [tvd.GTSRB(str(root), split=s, download=False) for s in ("train", "test")]
     train, test = (_resize_pil_dataset(s, size) for s in sets)
-    atomic_torch_save({"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}, cached)
+    save_resized(root, cached, "gtsrb", train, test)
     return train, test
 
 

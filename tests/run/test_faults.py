@@ -12,11 +12,13 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -539,6 +541,27 @@ def test_a_full_disk_under_result_json_names_the_folder_and_the_size(tmp_path: P
     with pytest.raises(DiskFullError, match=r"holding .* while writing result\.json: it needs about") as err:
         write_result(tmp_path / "cell", _result({"seed": 0}))
     assert str(tmp_path / "cell") in str(err.value) and list((tmp_path / "cell").iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_a_full_disk_while_extracting_names_the_target_folder_and_the_size(tmp_path: Path, monkeypatch, code) -> None:
+    """The disk (or quota) fills while members are written (simulated: copying a member out fails with `code`)."""
+    archive = tmp_path / "downloads" / "a.zip"
+    archive.parent.mkdir()
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("a/x.bin", b"x" * 3000)
+        zf.writestr("a/y.bin", b"y" * 2000)
+
+    def full(*_args: object, **_kw: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(shutil, "copyfileobj", full)  # what zipfile writes each member with
+    target = tmp_path / "data" / "a"
+    with pytest.raises(DiskFullError) as err:
+        extract(archive, target)
+    msg = str(err.value)
+    assert msg.startswith(f"No space left on the device holding {target.parent} while extracting a.zip")
+    assert "needs about 4.9 KiB" in msg and list(target.parent.iterdir()) == []  # the temp folder is gone
 
 
 def test_a_sweep_cell_on_a_full_disk_fails_alone_in_one_line(tmp_home: Path, full_disk, caplog) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import pickle
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 
 from attacks.badnets import BadNets
 from benchmark.core.errors import DataMissingError
-from benchmark.sources import load_dataset
+from benchmark.sources import load_dataset, loaders, resized
 from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError
 from benchmark.sources.loaders import read_batch
 from benchmark.sources.source import FileSpec, Source
@@ -140,6 +141,25 @@ def test_gtsrb_three_zips_in_torchvision_layout(server, tmp_home) -> None:
     before = len(server.requests)
     again, _ = load_dataset("gtsrb", root, source(server, "gtsrb", "erda", size=32))
     assert torch.equal(again.x, train.x) and len(server.requests) == before == 3
+
+
+def test_a_read_only_data_folder_keeps_the_resized_gtsrb_in_the_own_cache(server, tmp_home, monkeypatch, caplog):
+    """A lab's data folder holding the images but not `gtsrb_32.pt`, mounted read-only (simulated: tests run as
+    root, whom file modes do not stop, so the write probe answers for it as such a mount does: EROFS)."""
+    lab = tmp_home / "lab"
+    src = source(server, "gtsrb", "erda", size=32)
+    train, _ = load_dataset("gtsrb", lab, src)
+    (lab / "gtsrb" / "gtsrb_32.pt").unlink()
+    before = data_files(lab)
+    monkeypatch.setattr(resized, "write_probe", lambda f: "Read-only file system" if f == lab / "gtsrb" else None)
+    with caplog.at_level(logging.INFO, logger="benchmark.sources"):
+        again, _ = load_dataset("gtsrb", lab, src)
+    own = tmp_home / "bench" / "data" / "gtsrb"
+    assert torch.equal(again.x, train.x) and data_files(lab) == before and (own / "gtsrb_32.pt").exists()
+    assert f"{lab / 'gtsrb'} is read-only; its resized images are kept in your own cache {own}" in caplog.text
+    monkeypatch.setattr(loaders, "_resize_pil_dataset", None)  # the next run reads the own copy: nothing decoded
+    third, _ = load_dataset("gtsrb", lab, src)
+    assert torch.equal(third.x, train.x) and len(server.requests) == 3 and data_files(lab) == before
 
 
 def test_imagenet12_at_a_reduced_size(server, tmp_home, monkeypatch) -> None:

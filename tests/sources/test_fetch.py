@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmark.core.errors import ConfigError
+from benchmark.core.errors import ConfigError, DiskFullError
 from benchmark.sources import fetch as fetch_module
 from benchmark.sources.fetch import GDRIVE_ENV, ChecksumError, FetchError, Remote, fetch, meta_path
 from tests.helpers.fileserver import FileServer
@@ -167,3 +169,43 @@ def test_a_file_in_a_read_only_shared_folder_is_used_without_a_lock(server, tmp_
     with pytest.raises(ChecksumError, match="read-only folder"):
         fetch(Remote(url=server.url("w.bin")), dest, "ab" * 32, quiet=True)
     assert dest.read_bytes() == BODY
+
+
+class _FillsUp:
+    """gdown's partial file on a disk that fills after `room` bytes: what does not fit fails with ENOSPC."""
+
+    def __init__(self, f, room: int) -> None:  # type: ignore[no-untyped-def]
+        self.f, self.room = f, room
+
+    def write(self, data: bytes) -> int:
+        if len(data) > self.room:
+            self.f.write(data[: self.room])
+            self.room = 0
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return self.f.write(data)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self.f, name)
+
+
+def test_a_full_disk_during_a_download_is_one_message_and_the_partial_resumes(server, tmp_home, monkeypatch) -> None:
+    """The disk fills mid-transfer (simulated: writes to gdown's partial file fail with ENOSPC past 600 kB)."""
+    dest = tmp_home / "zoo" / "w.bin"
+    real = open
+
+    def filling(path: str, mode: str = "r", *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        f = real(path, mode, *args, **kw)  # type: ignore[call-overload]
+        return _FillsUp(f, 600_000) if mode == "ab" else f  # "ab": gdown's partial file
+
+    with monkeypatch.context() as m:  # gdown.download is also the name of the function: the module by its path
+        m.setattr(importlib.import_module("gdown.download"), "open", filling, raising=False)
+        with pytest.raises(DiskFullError) as err:
+            fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=0, quiet=True)
+    msg = str(err.value)
+    assert msg.startswith(f"No space left on the device holding {dest.parent} while downloading w.bin")
+    assert "needs about 878.9 KiB" in msg and "\n" not in msg  # the 900,000 bytes still to come
+    assert not dest.exists() and [p.stat().st_size for p in dest.parent.glob("w.bin.download*.part")] == [600_000]
+    got = fetch(Remote(url=server.url("w.bin")), dest, SHA, retries=0, quiet=True)  # space freed: it resumes
+    assert got.downloaded and dest.read_bytes() == BODY and server.requests[-1] == ("/w.bin", "bytes=600000-")
+    assert _no_leftovers(dest.parent) == ["w.bin", "w.bin.meta.json"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import io
+import logging
+import shutil
 import socket
 import tarfile
 import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +18,7 @@ import torch
 from PIL import Image
 
 from benchmark.core.errors import DataMissingError
-from benchmark.sources import imagenet12, load_dataset
+from benchmark.sources import imagenet12, load_dataset, resized
 from benchmark.sources.archives import UnsafeArchiveError
 from benchmark.sources.fetch import GDRIVE_ENV
 from benchmark.sources.source import Source
@@ -116,6 +120,47 @@ def test_folders_extracted_by_hand_need_no_download(drive, tmp_home) -> None:
         (root / name).write_bytes(data)
     train, test = imagenet12.load(root, Source(download=False))
     assert len(train) == 6 and len(test) == 3 and drive.requests == []
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled-code"])
+def test_a_read_only_data_folder_is_read_and_its_resized_file_kept_in_the_own_cache(
+    damage: str, drive, tmp_home, monkeypatch, caplog
+) -> None:
+    """A lab's folder of images mounted read-only (simulated: tests run as root, whom file modes do not stop, so
+    the write probe answers for it as such a mount does: EROFS). Its resized file is untrusted: one that does
+    not load is passed over and rebuilt in the own cache, never written over there."""
+    lab = tmp_home / "lab" / "imagenet12"
+    for name, data in _tree("").items():
+        (lab / name).parent.mkdir(parents=True, exist_ok=True)
+        (lab / name).write_bytes(data)
+    monkeypatch.setattr(resized, "write_probe", lambda f: "Read-only file system" if f == lab else None)
+    before, own = _files(lab), tmp_home / "bench" / "data" / "imagenet12" / "imagenet12_224.pt"
+    with caplog.at_level(logging.INFO, logger="benchmark.sources"):
+        train, _ = imagenet12.load(lab, Source(download=False))
+    assert own.exists() and _files(lab) == before and "is read-only; its resized images are kept in your" in caplog.text
+    shutil.move(own, lab / "imagenet12_224.pt")  # the lab's resized file, when there, is used as it is
+    real_decode = imagenet12.decode
+    monkeypatch.setattr(imagenet12, "decode", None)  # nothing decoded
+    again, _ = imagenet12.load(lab, Source(download=False))
+    assert torch.equal(again.x, train.x) and not own.exists()
+    del again  # it maps the file, which is replaced (a new file renamed over it, as a lab would) below
+    bad = lab / "bad.pt"
+    if damage == "truncated":
+        bad.write_bytes((lab / "imagenet12_224.pt").read_bytes()[:5000])
+    else:  # weights_only refuses a class it does not know, whatever it would run
+        torch.save({"train_x": torch.zeros(1), "code": argparse.Namespace(x=1)}, bad)
+    bad.replace(lab / "imagenet12_224.pt")
+    before = _files(lab)
+    monkeypatch.setattr(imagenet12, "decode", real_decode)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="benchmark.sources"):
+        third, _ = imagenet12.load(lab, Source(download=False))
+    assert torch.equal(third.x, train.x) and own.exists() and _files(lab) == before
+    assert f"{lab / 'imagenet12_224.pt'} is not usable" in caplog.text
 
 
 def test_archive_escaping_its_folder_is_refused(drive, tmp_home) -> None:
