@@ -55,6 +55,7 @@ class MaskPruningDefense(Defense):
     ) -> DefenseOutput:
         """Prune `model` by `masks` as `selection` says; record the curve and what was pruned."""
         curve = [self._curve_point(model, masks, t) for t in self.thresholds()]
+        learned = masks
         if self.selection == "count":
             masks = keep_lowest(masks, self.prune_count)
             threshold, rule_info = 0.0, {"prune_count": self.prune_count}
@@ -76,7 +77,7 @@ class MaskPruningDefense(Defense):
                 "selected_threshold": threshold if self.selection != "count" else None,
                 "pruned": n_pruned,
                 "total_channels": int(all_masks.numel()),
-                "pruned_channels": lowest_channels(masks, threshold),
+                "pruned_channels": lowest_channels(masks, threshold, learned),  # by count: with the learned values
                 "mask_quantiles": {q: round(float(all_masks.quantile(q)), 4) for q in (0.0, 0.01, 0.05, 0.5)},
                 "masks_below": {str(t): count_below(masks, t) for t in (0.0, 0.1, 0.2, 0.5)},
                 **info,

@@ -98,10 +98,14 @@ def count_below(masks: dict[str, Tensor], threshold: float) -> int:
     return int(sum((m <= threshold).sum() for m in masks.values()))
 
 
-def lowest_channels(masks: dict[str, Tensor], threshold: float) -> list[dict[str, object]]:
-    """The channels at or below `threshold`, lowest mask first: what a pruning step removed."""
+def lowest_channels(
+    masks: dict[str, Tensor], threshold: float, learned: dict[str, Tensor] | None = None
+) -> list[dict[str, object]]:
+    """The channels at or below `threshold`, lowest mask first: what a pruning step removed. With `learned` (the
+    masks before a cut by count set them to 0 and 1), each row keeps the learned value: how sure the defense was."""
+    values = masks if learned is None else learned
     rows = [
-        {"layer": name, "channel": int(i), "mask": round(float(m[i]), 4)}
+        {"layer": name, "channel": int(i), "mask": round(float(values[name][i]), 4)}
         for name, m in masks.items()
         for i in (m <= threshold).nonzero().flatten().tolist()
     ]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -71,12 +73,42 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def auto_threads(cores: int, load: float) -> int:
+def _cpu_jiffies(stat: Path) -> dict[int, tuple[int, int]]:
+    """Per core: (busy, total) time since boot from /proc/stat; steal counts as busy (another guest has the core)."""
+    out = {}
+    for line in stat.read_text().splitlines():
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit():
+            user_to_steal = [int(v) for v in fields[:8]]  # user nice system idle iowait irq softirq steal
+            idle = user_to_steal[3] + user_to_steal[4]
+            out[int(name[3:])] = (sum(user_to_steal) - idle, sum(user_to_steal))
+    return out
+
+
+def busy_cores(seconds: float = 0.25, stat: Path = Path("/proc/stat")) -> float | None:
+    """How many of this process's cores other work keeps busy now, sampled over `seconds` (None: no /proc/stat).
+
+    Unlike the 1-minute load average, it does not count work that just ended (a `pip install` before the run)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    try:
+        first = _cpu_jiffies(stat)
+        time.sleep(seconds)
+        second = _cpu_jiffies(stat)
+    except (OSError, ValueError, IndexError):
+        return None
+    busy = 0.0
+    for cpu in cpus & first.keys() & second.keys():
+        total = second[cpu][1] - first[cpu][1]
+        busy += (second[cpu][0] - first[cpu][0]) / total if total > 0 else 0.0
+    return busy
+
+
+def auto_threads(cores: int, busy: float) -> int:
     """Threads for the cores that are actually free: on busy cores, two threads are slower than one.
 
-    `load` is the 1-minute load average (runnable processes, ours not yet among them); at least one thread.
+    `busy` is how many cores other work occupies (sampled now, else the 1-minute load average); at least one.
     """
-    return max(1, min(cores, int(cores - load + 0.5)))
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 def resolve_threads(threads: int | str | None) -> int | None:
@@ -85,8 +117,10 @@ def resolve_threads(threads: int | str | None) -> int | None:
     if threads != "auto":
         return threads if isinstance(threads, int) else None
     cores, load = usable_cores(), os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    chosen = auto_threads(cores, load)
-    _CHOSEN_THREADS.update({"threads_auto": {"cores": cores, "load_1min": round(load, 2), "chosen": chosen}})
+    busy = busy_cores()
+    chosen = auto_threads(cores, load if busy is None else busy)
+    auto = {"cores": cores, "busy_cores": None if busy is None else round(busy, 2), "load_1min": round(load, 2)}
+    _CHOSEN_THREADS.update({"threads_auto": {**auto, "chosen": chosen}})
     return chosen
 
 

@@ -12,6 +12,7 @@ whole. Members land in a temporary directory that is renamed into place only whe
 from __future__ import annotations
 
 import contextlib
+import copy
 import errno
 import gzip
 import logging
@@ -19,6 +20,7 @@ import lzma
 import os
 import shutil
 import stat
+import sys
 import tarfile
 import tempfile
 import zipfile
@@ -28,12 +30,17 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from benchmark.core.errors import BenchmarkError, DiskFullError, human_size
-from benchmark.core.io import disk_full, honour_umask
+from benchmark.core.io import current_umask, disk_full, honour_umask
 
 log = logging.getLogger(__name__)
 
 Kind = Literal["checkpoint", "safetensors", "zip", "tar"]
 TORCH_LEGACY_TAR = {"pickle", "storages", "tensors"}
+
+
+# tarfile's extraction filters came with Python 3.10.12, 3.11.4 and 3.12 (Debian 12's own python3 is 3.11.2).
+HAS_DATA_FILTER = hasattr(tarfile, "data_filter")
+_FILTER_ERROR: type[Exception] | tuple[()] = getattr(tarfile, "FilterError", ())
 
 
 class UnsafeArchiveError(BenchmarkError):
@@ -227,7 +234,7 @@ def _reading(archive: Path) -> Iterator[None]:
     """
     try:
         yield
-    except tarfile.FilterError as exc:
+    except _FILTER_ERROR as exc:
         raise UnsafeArchiveError(
             f"Refused to extract {archive}: {exc} (the standard library's extraction filter). Nothing was extracted."
         ) from exc
@@ -255,8 +262,41 @@ def _extract_into(archive: Path, folder: Path, kind: Kind, before: int = 0) -> i
                 sizes = [m.size for m in tf.getmembers() if m.isfile()]
                 check_expansion(archive, sizes, folder)
                 with _filling(folder.parent, before + sum(sizes), archive):
-                    tf.extractall(folder, filter="data")  # the stdlib's own guard as a second line of defence
+                    _extract_tar(tf, folder, archive)
     return before + sum(sizes)
+
+
+def _extract_tar(tf: tarfile.TarFile, folder: Path, archive: Path) -> None:
+    """Extract checked members; the stdlib's data filter is the second line of defence where this Python has it.
+
+    Without it (an older Python) links are refused outright, since nothing would check where a chain of them
+    leads, and each member is written as plain data: no set-id bits, owned by this user.
+    """
+    if HAS_DATA_FILTER:
+        tf.extractall(folder, filter="data")
+        return
+    links = [m.name for m in tf.getmembers() if m.issym() or m.islnk()]
+    if links:
+        raise UnsafeArchiveError(
+            f"Refused to extract {archive}: member {links[0]!r} is a link, and this Python "
+            f"({sys.version.split()[0]}) has no tarfile extraction filter to check where links lead (Python 3.10.12+, "
+            f"3.11.4+ or 3.12+ has one). Use a newer Python, or an archive without links. Nothing was extracted."
+        )
+    tf.extractall(folder, members=[_as_plain_data(m) for m in tf.getmembers()])
+
+
+def _as_plain_data(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """A member as the data filter writes it: folders by the umask; files without set-id, sticky, group or other
+    write bits, owner read-write, executable only if the owner may run it; owned by whoever extracts (as root,
+    tarfile would otherwise chown to the archive's owners)."""
+    plain = copy.copy(member)
+    if member.isdir():
+        plain.mode = 0o777 & ~current_umask()
+    else:
+        mode = member.mode & 0o755
+        plain.mode = (mode if mode & 0o100 else mode & ~0o111) | 0o600
+    plain.uid, plain.gid, plain.uname, plain.gname = os.geteuid(), os.getegid(), "", ""
+    return plain
 
 
 @contextlib.contextmanager

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ from benchmark.core.precision import Precision
 from benchmark.run.config import build_run_config, check_writable
 from benchmark.run.key import CELL_FIELDS, CELL_GROUPS, CellKey
 from benchmark.run.model import new_model
-from benchmark.run.runtime import auto_threads, runtime_info, setup_runtime, usable_cores
+from benchmark.run.runtime import auto_threads, busy_cores, runtime_info, setup_runtime, usable_cores
 from benchmark.weights.zoo import load_registry
 from tests.conftest import CONF, CONF_DIRS, STUDIES_CONF, compose_cfg, group_options
 
@@ -172,6 +176,22 @@ def test_threads_auto_counts_only_the_free_cores() -> None:
     assert build_run_config(compose_cfg(["experiment=quickstart"])).threads == "auto"
 
 
+def test_busy_cores_sees_a_spinning_process_and_not_finished_work(tmp_path: Path) -> None:
+    """Sampled now, not averaged over the last minute: a spinner pinned to one of our cores shows up at once."""
+    core = min(os.sched_getaffinity(0))
+    spin = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{core}}})\nwhile True: pass"])
+    try:
+        time.sleep(0.5)
+        assert busy_cores(0.5) >= 0.7  # the spinner's core (more if other work shares the machine)
+    finally:
+        spin.kill()
+        spin.wait()
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  10 0 10 80 0 0 0 0 0 0\ncpu0 10 0 10 80 0 0 0 0 0 0\n")
+    assert busy_cores(0.0, stat) == 0.0  # no time passed between samples: nothing measured as busy
+    assert busy_cores(0.0, tmp_path / "missing") is None  # no /proc: the caller falls back to the load average
+
+
 def test_threads_auto_is_applied_and_recorded() -> None:
     before = torch.get_num_threads()
     try:
@@ -179,6 +199,7 @@ def test_threads_auto_is_applied_and_recorded() -> None:
         info = runtime_info(torch.device("cpu"), Precision("fp32"))
         auto = info["threads_auto"]
         assert auto["cores"] == usable_cores() and 1 <= auto["chosen"] <= auto["cores"] and auto["load_1min"] >= 0
+        assert 0 <= auto["busy_cores"] <= auto["cores"] + 0.05
         assert info["torch_threads"] == auto["chosen"]
     finally:
         torch.set_num_threads(before)

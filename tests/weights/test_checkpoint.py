@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import shutil
 import tarfile
@@ -15,6 +16,8 @@ import torch
 
 from benchmark.core.archs import build_arch
 from benchmark.core.errors import DiskFullError
+from benchmark.core.io import current_umask
+from benchmark.sources import archives
 from benchmark.sources.archives import ArchiveTooLargeError, UnsafeArchiveError, extract, sniff
 from benchmark.weights.checkpoint import (
     CheckpointError,
@@ -230,11 +233,27 @@ def test_zip_symlink_member_is_refused(tmp_path: Path) -> None:
         extract(archive, tmp_path / "out")
 
 
+@pytest.mark.skipif(not archives.HAS_DATA_FILTER, reason="this Python's tarfile has no data filter: links refused")
 def test_links_inside_the_tree_and_plain_members_extract(tmp_path: Path) -> None:
     members = [tarfile.TarInfo("d/a.txt"), _link("d/b.txt", "a.txt")]
     archive = _tar(tmp_path / "ok.tgz", members, {"d/a.txt": b"hello"})
     out = extract(archive, tmp_path / "out")
     assert (out / "d" / "b.txt").read_text() == "hello"
+
+
+def test_without_the_stdlib_filter_links_are_refused_and_members_are_plain_data(tmp_path: Path, monkeypatch) -> None:
+    """An older Python (Debian 12's 3.11.2) has no tarfile.data_filter: what the fallback does, on any Python."""
+    monkeypatch.setattr(archives, "HAS_DATA_FILTER", False)
+    linked = _tar(tmp_path / "l.tgz", [tarfile.TarInfo("d/a.txt"), _link("d/b.txt", "a.txt")], {"d/a.txt": b"hi"})
+    with pytest.raises(UnsafeArchiveError, match=r"'d/b.txt' is a link, and this Python .* has no tarfile extraction"):
+        extract(linked, tmp_path / "out1")
+    assert not (tmp_path / "out1").exists()
+    setuid = tarfile.TarInfo("d/run.sh")
+    setuid.mode, setuid.uid, setuid.gid = 0o6777, 4242, 4242
+    out = extract(_tar(tmp_path / "p.tgz", [setuid], {"d/run.sh": b"x"}), tmp_path / "out2")
+    written = (out / "d" / "run.sh").stat()
+    assert written.st_mode & 0o7777 == 0o755 and written.st_uid == os.geteuid()  # no set-id bits, no group write
+    assert (out / "d").stat().st_mode & 0o777 == 0o777 & ~current_umask()
 
 
 def test_sniff_tells_checkpoints_from_archives_by_content(tmp_path: Path) -> None:
