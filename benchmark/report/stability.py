@@ -117,7 +117,8 @@ def stabilities(cells: Sequence[Cell], max_asr: float = MAX_ASR, max_ca_cost: fl
 
 
 def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Path | None:
-    """The knob grid coloured by mean ASR, each square labelled ASR / cost (%) and `ok` where all cells passed;
+    """The knob grid coloured by mean ASR, hatched where the cost exceeds its bound, each square labelled
+    ASR / cost (%) and `ok` where all cells passed;
     one knob gives a strip, two a grid; more than two knobs get no picture (None). Needs matplotlib."""
     if len(s.knobs) > 2:
         return None
@@ -131,7 +132,17 @@ def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Pat
         i, j = (ys.index(p.values[1]) if len(s.knobs) == 2 else 0), xs.index(p.values[0])
         grid[i][j] = 100 * p.asr
         mark = "\nok" if p.passed == p.cells else ""
-        ax.text(j, i, f"{100 * p.asr:.0f} / {100 * p.cost:.1f}{mark}", ha="center", va="center", fontsize=7)
+        ax.text(
+            j,
+            i,
+            f"{100 * p.asr:.0f} / {100 * p.cost:.1f}{mark}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
+        )
+        if p.cost > max_ca_cost:  # a low ASR bought with clean accuracy must not read as a green success
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.92", lw=0))
     image = ax.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=100, aspect="auto", origin="lower")
     fig.colorbar(image, ax=ax, label="ASR after (%)")
     ax.set_xticks(range(len(xs)), xs, fontsize=7)
@@ -140,7 +151,8 @@ def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Pat
     ax.set_ylabel(s.knobs[1] if len(s.knobs) == 2 else "")
     ax.set_title(
         f"{s.defense} on {s.dataset}/{s.arch}/{s.attack}: stability {s.score:.2f}\n"
-        f"cell: ASR / clean-acc cost (%); ok: ASR <= {100 * max_asr:g} at cost <= {100 * max_ca_cost:g}",
+        f"cell: ASR / clean-acc cost (%); ok: ASR <= {100 * max_asr:g} at cost <= {100 * max_ca_cost:g}; "
+        f"hatched: cost > {100 * max_ca_cost:g}",
         fontsize=8,
     )
     fig.tight_layout()

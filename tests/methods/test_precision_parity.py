@@ -76,8 +76,19 @@ FAST: dict[str, tuple[str, ...]] = {
 # hidden by a wider bound. A mark that starts passing (XPASS) fails the suite: drop it then.
 KNOWN_GAPS: dict[tuple[str, str, int], str] = {
     ("anp", "slow", 2): (
-        "ANP (100 iterations, 20 lowest masks pruned), seed 2 on an AVX2 CPU: bf16 prunes other channels among "
-        "the 20 and leaves a higher ASR than fp32; seeds 0 and 1 hold parity there (docs/results.md)"
+        "ANP (100 iterations, 20 lowest masks pruned), seed 2: bf16 prunes other channels among the 20 and the "
+        "ASR moves by more than 0.05 (AVX2 CPU: 0.184 against fp32's 0.108; the Xeon, streams v2: 0.103 against "
+        "0.157); seeds 0 and 1 hold outcome parity (docs/results.md)"
+    ),
+}
+PRUNING = ("anp", "clp", "fp", "rnp")  # the defenses that record `pruned_channels`
+# Rows whose outcome holds parity but whose pruned channels differ by more than a quarter, each with why.
+KNOWN_PRUNING_GAPS: dict[tuple[str, str, int], str] = {
+    ("anp", "slow", 0): (
+        "ANP (100 iterations, 20 lowest masks pruned), seed 0, random streams v2, on the AMX Xeon: bf16 learns other "
+        "masks, not just other roundings at the cut: 6 of the 23 channels pruned in either precision differ, "
+        "among them fp32's 6th-lowest mask (0.20 of a 0.06-0.53 range); clean acc 0.501 / 0.498 and ASR 0.024 / "
+        "0.007 agree (docs/results.md)"
     ),
 }
 
@@ -109,18 +120,19 @@ def make_defense(name: str, overrides: tuple[str, ...]) -> Any:
     return build_run_config(compose_cfg([f"defense={name}", "experiment=quickstart", *overrides])).defense
 
 
-def rows() -> list:
-    """(name, speed, seed) for every defense: a fast row, a slow one at its efficacy budget, the known gaps."""
+def rows(gaps: dict[tuple[str, str, int], str], names: tuple[str, ...] | None = None) -> list:
+    """(name, speed, seed) for every defense in `names`: a fast row, a slow one at its efficacy budget, the
+    known `gaps` (marked strict xfail, each with why)."""
     keys = []
-    for name in DEFENSES:
+    for name in names or DEFENSES:
         speeds = ("fast", "slow") if BUDGETS["defense"][name].efficacy != FAST.get(name) else ("fast",)
         keys += [(name, speed, 0) for speed in speeds]
-    keys += [key for key in KNOWN_GAPS if key not in keys]
+    keys += [key for key in gaps if key not in keys]
     params = []
     for name, speed, seed in keys:
         marks = [pytest.mark.slow] if speed == "slow" else []
-        if (name, speed, seed) in KNOWN_GAPS:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_GAPS[name, speed, seed]))
+        if (name, speed, seed) in gaps:
+            marks.append(pytest.mark.xfail(strict=True, reason=gaps[name, speed, seed]))
         ident = f"{name}-{speed}" + (f"-seed{seed}" if seed else "")
         params.append(pytest.param(name, speed, seed, marks=marks, id=ident))
     return params
@@ -130,19 +142,31 @@ def test_every_defense_has_a_fast_parity_row() -> None:
     assert set(FAST) == set(DEFENSES), f"add rows to FAST for {sorted(set(DEFENSES) - set(FAST))}"
 
 
-@pytest.mark.parametrize(("name", "speed", "seed"), rows())
+_RUNS: dict[tuple[str, str, int], dict[str, tuple[Metrics, dict[str, Any]]]] = {}  # one pair of runs per row
+
+
+def run_both(name: str, speed: str, seed: int, model: nn.Module, embedded, full_test) -> tuple[tuple, tuple]:
+    """The defense in fp32 and in bf16 from the same model, data and generator seed: (metrics, info) each.
+
+    Kept per row, so that the outcome test and the pruned-channel test of a row share one pair of runs."""
+    key = (name, speed, seed)
+    if key not in _RUNS:
+        overrides = FAST[name] if speed == "fast" else BUDGETS["defense"][name].efficacy
+        _RUNS[key] = {}
+        for precision in (FP32, BF16):
+            data = DefenseData(embedded.reserve, AugmentSpec(crop_pad=2), 10, precision)
+            out = make_defense(name, overrides)(model, data, torch.Generator().manual_seed(seed))
+            _RUNS[key][precision.name] = (score(out.model, full_test), out.info)
+    return _RUNS[key]["fp32"], _RUNS[key]["bf16"]
+
+
+@pytest.mark.parametrize(("name", "speed", "seed"), rows(KNOWN_GAPS))
 def test_defense_reaches_the_same_outcome_in_bf16(
     name: str, speed: str, seed: int, backdoored, before: Metrics, embedded, full_test, tmp_home
 ) -> None:
     """Slow rows run the efficacy budget (fp32 must remove the backdoor there); fast rows a shorter run."""
-    model = backdoored[0]
+    (fp32, info32), (bf16, info16) = run_both(name, speed, seed, backdoored[0], embedded, full_test)
     overrides = FAST[name] if speed == "fast" else BUDGETS["defense"][name].efficacy
-    outs = {}
-    for precision in (FP32, BF16):
-        data = DefenseData(embedded.reserve, AugmentSpec(crop_pad=2), 10, precision)
-        out = make_defense(name, overrides)(model, data, torch.Generator().manual_seed(seed))
-        outs[precision.name] = (score(out.model, full_test), out.info)
-    (fp32, info32), (bf16, info16) = outs["fp32"], outs["bf16"]
     what = f"{name} {' '.join(overrides)} seed {seed} (before {before})"
     print(f"{what}: fp32 {fp32} bf16 {bf16} pruned {info32.get('pruned')} / {info16.get('pruned')}")
     if name != "none":  # the outcomes compared must be a defense's work, not the input model twice
@@ -150,25 +174,19 @@ def test_defense_reaches_the_same_outcome_in_bf16(
         removed = fp32.asr < before.asr - 0.3  # the efficacy budget's bar (tests/methods/test_defenses.py)
         assert moved >= MOVED and (speed == "fast" or removed), f"{what}: fp32 did not do its work: {fp32}"
     assert_parity(fp32, bf16, what)
-    if "pruned_channels" in info32:
-        assert_same_pruning(info32, info16)
 
 
-def assert_same_pruning(info32: dict[str, Any], info16: dict[str, Any]) -> None:
-    """Both precisions prune the channels the defense is surest of; they may differ only near the cut.
-
-    With learned masks (RNP, ANP) "surest" is the lower half of each precision's pruned list by learned mask: a
-    bf16 rounding can tip a channel at the cut, not one far below it. Without (FP, CLP), loosely: at most a
-    quarter of the channels pruned in either precision differ.
-    """
+@pytest.mark.parametrize(("name", "speed", "seed"), rows(KNOWN_PRUNING_GAPS, PRUNING))
+def test_a_pruning_defense_prunes_mostly_the_same_channels_in_bf16(
+    name: str, speed: str, seed: int, backdoored, embedded, full_test, tmp_home
+) -> None:
+    """Loosely: a mask or activation near the cut may tip either way, so at most a quarter of the channels
+    pruned in either precision may differ."""
+    (_, info32), (_, info16) = run_both(name, speed, seed, backdoored[0], embedded, full_test)
     pruned32, pruned16 = pruned_set(info32), pruned_set(info16)
-    rows32, rows16 = info32["pruned_channels"], info16["pruned_channels"]
-    if rows32 and isinstance(rows32[0], dict) and "mask" in rows32[0]:
-        for rows, other, what in ((rows32, pruned16, "fp32"), (rows16, pruned32, "bf16")):
-            surest = pruned_set({"pruned_channels": rows[: len(rows) // 2]})  # rows come lowest mask first
-            assert surest <= other, f"{what}'s surest channels {sorted(surest - other)} not pruned in the other: {rows}"
-    else:
-        assert len(pruned32 ^ pruned16) <= max(2, len(pruned32 | pruned16) // 4), (sorted(pruned32), sorted(pruned16))
+    assert len(pruned32 ^ pruned16) <= max(2, len(pruned32 | pruned16) // 4), (
+        f"fp32 {info32['pruned_channels']} bf16 {info16['pruned_channels']}"
+    )
 
 
 def pruned_set(info: dict[str, Any]) -> set[str]:
