@@ -27,5 +27,7 @@ def test_stability_sweep_scores_each_defense_and_draws_its_heat_map(tmp_path: Pa
     assert f"| 4 | {passing} | {passing / 4:.2f} |" in line
     assert "`defense.unlearn_lr` 0.001, 0.01; `defense.clean_threshold` 0.2, 0.3" in line
     assert "ASR <= 0%" in md
+    sections = [x for x in md.splitlines() if x.startswith("## ")]
+    assert sections[0] == "## Hyper-parameter stability" and len(sections) == 5  # the table first, then 4 settings
     name = "plots/stability_embedded_convnet_badnets_rnp.png"
     assert (sweep / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and name in line
