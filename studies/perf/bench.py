@@ -306,22 +306,58 @@ def bench_reference(model: nn.Module, data: BenchData, w: Workload, rnp: RNP, un
     device = data.test.x.device
     net = copy.deepcopy(model.net)  # the bare network: the reference normalises in its transforms
     with stopwatch(device) as t:
-        loaders = make_loaders(data.defense, data.test, data.triggered.images, MEAN, STD, w.defense_batch)
+        with stopwatch(device) as t_loaders:
+            loaders = make_loaders(data.defense, data.test, data.triggered.images, MEAN, STD, w.defense_batch)
         run = run_reference_rnp(
             net, loaders, unlearn_epochs, rnp.recover_epochs, rnp.thresholds(), device, lambda: sync(device)
         )
     return {
         "seconds": round(t["s"], 3),
+        "loaders_s": round(t_loaders["s"], 3),
+        "setup_s": round(run.setup_s, 3),
         "unlearn_s": round(run.unlearn_s, 3),
         "recover_s": round(run.recover_s, 3),
         "sweep_s": round(run.sweep_s, 3),
         "unlearn_epochs": unlearn_epochs,
         "recover_epochs": rnp.recover_epochs,
         "test_set_passes": run.test_passes,
+        # per phase, as the authors' log times them (an epoch with its test evaluation, a threshold with its
+        # pruning and evaluation), to set beside that log's seconds:
+        "unlearn_epoch_s": [round(v, 3) for v in run.unlearn_epoch_s],
+        "recover_epoch_s": [round(v, 3) for v in run.recover_epoch_s],
+        "threshold_s": [round(v, 3) for v in run.threshold_s],
         # where an evaluation's time goes (measured after the run, not part of its seconds):
         "sweep_s_per_threshold": round(run.sweep_s / len(rnp.thresholds()), 3),
         "test_loading_s_per_evaluation": round(loading_seconds(loaders), 3),
     }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def phase_comparison(rnp: dict[str, Any], rnp_info: dict[str, Any], ref: dict[str, Any]) -> dict[str, Any]:
+    """Seconds per unlearning epoch, recovery epoch and threshold, reference beside ours, and their ratio.
+
+    Ours' epochs are timed by `defenses.rnp` itself (no test evaluation in them, no device sync at their ends);
+    ours' threshold is its curve's seconds per point.
+    """
+    ours = {
+        "unlearn_s_per_epoch": rnp_info["unlearn"]["seconds"] / max(rnp["unlearn_epochs"], 1),
+        "recover_s_per_epoch": rnp_info["recover"]["seconds"] / max(rnp["recover_epochs"], 1),
+        "s_per_threshold": rnp["curve_s"] / max(rnp["curve_points"], 1),
+    }
+    reference = {
+        "unlearn_s_per_epoch": _mean(ref["unlearn_epoch_s"]),
+        "recover_s_per_epoch": _mean(ref["recover_epoch_s"]),
+        "s_per_threshold": _mean(ref["threshold_s"]),
+    }
+    out = {}
+    for key, o in ours.items():
+        r = reference[key]
+        ratio = round(r / o, 2) if r is not None and o > 0 else None
+        out[key] = {"reference": None if r is None else round(r, 4), "ours": round(o, 4), "ratio": ratio}
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -390,6 +426,9 @@ def summary(result: dict[str, Any]) -> str:
         f"  reference    {ref['seconds']:>10.2f} s       RNP the reference's way, "
         f"{f['ratio_reference_over_ours']:.1f}x ours; a threshold of its sweep {ref['sweep_s_per_threshold']:.2f} s, "
         f"of which {ref['test_loading_s_per_evaluation']:.2f} s is the per-sample test loading alone",
+        f"  reference phases: loaders {ref['loaders_s']:.2f} s, setup {ref['setup_s']:.2f} s; per phase "
+        "reference / ours (ratio), an epoch with its test evaluation as the authors' log times it:",
+        *_phase_lines(f["phases_reference_vs_ours"], ref),
         f"  peak memory  {mem['cell_peak_mb']:>10,.0f} MB      ({mem['kind']})",
         f"  backdoored model: clean acc {f['model']['clean_acc']:.3f}, ASR {f['model']['asr']:.3f}",
     ]
@@ -406,6 +445,27 @@ def summary(result: dict[str, Any]) -> str:
     if "profile" in result:
         lines.append("  (profiled run: its timings include the profiler's overhead)")
     return "\n".join(lines)
+
+
+def _phase_lines(phases: dict[str, Any], ref: dict[str, Any]) -> list[str]:
+    """One line per phase: the reference's mean, range and count beside ours' mean, and the ratio."""
+    laps = {
+        "unlearn_s_per_epoch": ref["unlearn_epoch_s"],
+        "recover_s_per_epoch": ref["recover_epoch_s"],
+        "s_per_threshold": ref["threshold_s"],
+    }
+    lines = []
+    for key, p in phases.items():
+        if p["reference"] is None:
+            lines.append(f"    {key:<20} reference: none ran; ours {p['ours']:.3f} s")
+            continue
+        lo, hi = min(laps[key]), max(laps[key])
+        ratio = "n/a" if p["ratio"] is None else f"{p['ratio']:.1f}x"
+        lines.append(
+            f"    {key:<20} {p['reference']:>8.3f} s ({lo:.3f}-{hi:.3f} over {len(laps[key])}) / "
+            f"{p['ours']:.3f} s ({ratio})"
+        )
+    return lines
 
 
 # ---------------------------------------------------------------- entry point
@@ -453,6 +513,7 @@ def run(
         "anp": anp_figures,
         "reference_rnp": reference,
         "ratio_reference_over_ours": round(reference["seconds"] / rnp_figures["seconds"], 2),
+        "phases_reference_vs_ours": phase_comparison(rnp_figures, rnp_info, reference),
         "peak_memory": mem.summary(("train", "eval", "rnp", "anp")),
         "model": {k: round(v, 4) for k, v in metrics.as_dict().items()},
     }
@@ -468,8 +529,9 @@ def run(
             "ours": "uint8 data on the device, batched augmentation, large eval batches under inference mode, "
             f"{'bf16 autocast' if precision.resolved(device) == 'bf16' else 'fp32'}, channels_last"
             + (", torch.compile" if compile_model else ""),
-            "reference": f"per-sample PIL Dataset + torchvision transforms, DataLoader (main process) of batch "
-            f"{w.defense_batch} (defense) / {REFERENCE_TEST_BATCH} (test), fp32 NCHW, clean + poisoned test evaluation "
+            "reference": f"per-sample Datasets + torchvision transforms (defense: PIL crop + flip; test: numpy "
+            f"ToTensor + Normalize), DataLoaders (main process) of batch {w.defense_batch} (defense) / "
+            f"{REFERENCE_TEST_BATCH} (test), fp32 NCHW, clean + poisoned test evaluation "
             "after every unlearning and recovery epoch and per threshold",
             "rnp_seconds_cover": "defense (unlearn + recover + pruning) + evaluation of every curve point",
         },

@@ -1,9 +1,14 @@
 """The reference RNP's way of running a cell, rebuilt only as the baseline of `studies.perf`.
 
 It does the same unlearning, recovery and threshold sweep as `defenses.rnp`, but the way the authors'
-code (bboylyg/RNP, see docs/references.md) does it, which is where their cell's minutes go:
-- a `torch.utils.data.Dataset` that hands out one PIL image at a time through torchvision transforms
-  (random crop + flip + ToTensor + Normalize), read by a `DataLoader` of batch 128 in the main process;
+code (bboylyg/RNP, see docs/references.md) does it, which is where their cell's minutes go.
+Calibrated against data/poison_tool_cifar.py and main.py at bboylyg/RNP eeae192:
+- defense data: one PIL image at a time (torchvision's CIFAR10.__getitem__ makes it with Image.fromarray,
+  DatasetCL, lines 141-166, applies the transform) through random crop + flip + ToTensor + Normalize
+  (get_train_loader, lines 50-68), a shuffled `DataLoader` of batch 128 in the main process;
+- clean and poisoned test data: numpy HWC uint8 images (DatasetBD.addTrigger stores np.array(img), lines
+  194-233) through ToTensor + Normalize per item with no PIL round trip (get_test_loader, lines 70-94),
+  unshuffled `DataLoader`s of batch 128 (main.py's --batch_size);
 - fp32, NCHW, no autocast;
 - the full clean and poisoned test sets evaluated (batch 128, loss and accuracy) after every unlearning
   and every recovery epoch;
@@ -34,8 +39,8 @@ from defenses.masks import mask_layers, mask_values, with_masked_norm
 BATCH = 128  # the reference's batch for the defense data and for both test loaders (CIFAR-10 sized cell)
 
 
-class PILImages(Dataset):
-    """One (transformed PIL image, label) per index, as torchvision's CIFAR10 hands them out."""
+class NumpyImages(Dataset):
+    """One (transformed numpy HWC uint8 image, label) per index, as the authors' DatasetBD hands out test data."""
 
     def __init__(self, images: ImageSet, transform: Callable) -> None:
         self.arrays: np.ndarray = images.x.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, C) uint8
@@ -44,6 +49,13 @@ class PILImages(Dataset):
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.transform(self.arrays[i]), self.labels[i]
+
+
+class PILImages(NumpyImages):
+    """One (transformed PIL image, label) per index, as torchvision's CIFAR10 hands out the defense data."""
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(Image.fromarray(self.arrays[i])), self.labels[i]
@@ -76,8 +88,8 @@ def make_loaders(
     test_tf = transforms.Compose(normalize)
     return ReferenceLoaders(
         defense=DataLoader(PILImages(defense, train_tf), batch_size=defense_batch, shuffle=True),
-        clean=DataLoader(PILImages(test, test_tf), batch_size=BATCH, shuffle=False),
-        poisoned=DataLoader(PILImages(triggered, test_tf), batch_size=BATCH, shuffle=False),
+        clean=DataLoader(NumpyImages(test, test_tf), batch_size=BATCH, shuffle=False),
+        poisoned=DataLoader(NumpyImages(triggered, test_tf), batch_size=BATCH, shuffle=False),
     )
 
 
@@ -97,16 +109,33 @@ def test_pass(net: nn.Module, loader: DataLoader, device: torch.device) -> tuple
 
 @dataclass
 class ReferenceRun:
-    """Seconds per stage and how many full test-set passes (clean + poisoned = 2 per evaluation) ran."""
+    """Seconds per phase and how many full test-set passes (clean + poisoned = 2 per evaluation) ran.
 
-    unlearn_s: float
-    recover_s: float
-    sweep_s: float
+    An epoch's seconds include its test evaluation, and a threshold's its pruning and evaluation, as the
+    authors' log times them (main.py lines 209-216, 258-264 and 159-173), so a run can be checked against that log.
+    """
+
+    setup_s: float  # copying the network before the first epoch
+    unlearn_epoch_s: list[float]
+    recover_epoch_s: list[float]
+    threshold_s: list[float]
     test_passes: int
 
     @property
+    def unlearn_s(self) -> float:
+        return sum(self.unlearn_epoch_s)
+
+    @property
+    def recover_s(self) -> float:
+        return sum(self.recover_epoch_s)
+
+    @property
+    def sweep_s(self) -> float:
+        return sum(self.threshold_s)
+
+    @property
     def total_s(self) -> float:
-        return self.unlearn_s + self.recover_s + self.sweep_s
+        return self.setup_s + self.unlearn_s + self.recover_s + self.sweep_s
 
 
 class _Tester:
@@ -141,20 +170,31 @@ def _train_epoch(
         after_step()
 
 
-def unlearn(net: nn.Module, loaders: ReferenceLoaders, epochs: int, tester: _Tester, device: torch.device) -> None:
-    """Gradient ascent on the defense data for `epochs` epochs, a full test evaluation after each."""
+def unlearn(
+    net: nn.Module, loaders: ReferenceLoaders, epochs: int, tester: _Tester, device: torch.device, clock: _Clock
+) -> list[float]:
+    """Gradient ascent on the defense data for `epochs` epochs, a full test evaluation after each; seconds of each."""
     opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [10, 20], 0.1)
+    laps = []
     for _ in range(epochs):
         _train_epoch(net, loaders.defense, opt, lambda out, y: -F.cross_entropy(out, y), device)
         tester(net)
         sched.step()
+        laps.append(clock.lap())
+    return laps
 
 
 def recover(
-    unlearned: nn.Module, loaders: ReferenceLoaders, epochs: int, tester: _Tester, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Mask learning (lr 0.2, momentum 0.9, alpha 0.2, clamp) with a full test evaluation after each epoch."""
+    unlearned: nn.Module,
+    loaders: ReferenceLoaders,
+    epochs: int,
+    tester: _Tester,
+    device: torch.device,
+    clock: _Clock,
+) -> tuple[dict[str, torch.Tensor], list[float]]:
+    """Mask learning (lr 0.2, momentum 0.9, alpha 0.2, clamp) with a full test evaluation after each epoch;
+    the masks and the seconds of each epoch."""
     net = with_masked_norm(unlearned)
     masks = [m.neuron_mask for m in mask_layers(net).values()]
     opt = torch.optim.SGD(masks, lr=0.2, momentum=0.9)
@@ -164,16 +204,21 @@ def recover(
         for m in masks:
             m.clamp_(0.0, 1.0)
 
+    laps = []
     for _ in range(epochs):
         _train_epoch(net, loaders.defense, opt, lambda out, y: 0.2 * F.cross_entropy(out, y), device, clamp)
         tester(net)
-    return mask_values(net)
+        laps.append(clock.lap())
+    return mask_values(net), laps
 
 
-def sweep(original: nn.Module, masks: dict[str, torch.Tensor], thresholds: Sequence[float], tester: _Tester) -> None:
-    """Cumulative pruning of the original model, neuron by neuron, a full test evaluation per threshold."""
+def sweep(
+    original: nn.Module, masks: dict[str, torch.Tensor], thresholds: Sequence[float], tester: _Tester, clock: _Clock
+) -> list[float]:
+    """Cumulative pruning of the original model, neuron by neuron, a full test evaluation per threshold; seconds
+    of each threshold (its pruning and evaluation)."""
     ranked = sorted(((name, i, v) for name, m in masks.items() for i, v in enumerate(m.tolist())), key=lambda r: r[2])
-    net, start = copy.deepcopy(original), 0
+    net, start, laps = copy.deepcopy(original), 0, []
     for threshold in thresholds:
         while start < len(ranked) and ranked[start][2] <= threshold:
             name, i, _ = ranked[start]
@@ -182,6 +227,8 @@ def sweep(original: nn.Module, masks: dict[str, torch.Tensor], thresholds: Seque
             net.load_state_dict(state)
             start += 1
         tester(net)
+        laps.append(clock.lap())
+    return laps
 
 
 def run_reference_rnp(
@@ -194,16 +241,15 @@ def run_reference_rnp(
     sync: Callable[[], None],
 ) -> ReferenceRun:
     """The whole reference-style RNP cell on `net` (a bare fp32 network that takes normalised input)."""
+    clock = _Clock(sync)
     original = copy.deepcopy(net).float().to(device, memory_format=torch.contiguous_format)
     tester = _Tester(loaders, device)
-    clock = _Clock(sync)
     unlearned = copy.deepcopy(original)
-    unlearn(unlearned, loaders, unlearn_epochs, tester, device)
-    unlearn_s = clock.lap()
-    masks = recover(unlearned, loaders, recover_epochs, tester, device)
-    recover_s = clock.lap()
-    sweep(original, masks, thresholds, tester)
-    return ReferenceRun(unlearn_s, recover_s, clock.lap(), tester.passes)
+    setup_s = clock.lap()
+    unlearn_laps = unlearn(unlearned, loaders, unlearn_epochs, tester, device, clock)
+    masks, recover_laps = recover(unlearned, loaders, recover_epochs, tester, device, clock)
+    sweep_laps = sweep(original, masks, thresholds, tester, clock)
+    return ReferenceRun(setup_s, unlearn_laps, recover_laps, sweep_laps, tester.passes)
 
 
 def loading_seconds(loaders: ReferenceLoaders) -> float:
