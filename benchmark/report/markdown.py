@@ -123,10 +123,12 @@ def markdown(
     max_ca_drop: float,
     plots: dict[Key, list[str]],
     entries: Sequence[Entry] | None = None,
+    preface: str = "",
 ) -> str:
     """results.md: a header that defines every number, then one section per (dataset, arch), then failures.
 
-    `entries`: the published numbers to show beside ours (default: conf/published.yaml)."""
+    `entries`: the published numbers to show beside ours (default: conf/published.yaml). `preface`: a section
+    placed before the per-setting ones (a knob sweep's stability table, which sums them up)."""
     entries = load_registry() if entries is None else entries
     lines = [
         f"# Sweep results: {root.name}",
@@ -150,6 +152,8 @@ def markdown(
         "interval. `none` (the clean model, attack=none) has its own section: each defense's cost with no backdoor.",
         "",
     ]
+    if preface:
+        lines += [preface.strip("\n"), ""]
     for key, g in groups.items():
         lines += group_markdown(key, g, max_ca_drop, plots.get(key, []), entries)
     bad = [c for c in cells if not c.ok]

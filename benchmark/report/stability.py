@@ -202,7 +202,7 @@ def stability_markdown(
             f"| {s.dataset} / {s.arch} / {s.attack} | {s.defense} | {_knob_text(s)} | {s.cells} | {s.passed} | "
             f"{s.score:.2f} | {image} |"
         )
-    return "\n".join(["", *lines, ""])
+    return "\n".join(["", *lines, "", "Each knob setting's own section follows.", ""])
 
 
 def stability_report(root: Path, cells: Sequence[Cell], max_asr: float, max_ca_cost: float, plots: bool) -> str:

@@ -78,22 +78,13 @@ def write_report(
     texts = [  # all rendered before any is written: one odd cell cannot leave them disagreeing
         to_csv(rows, columns(rows)),
         to_csv(summary, list(dict.fromkeys(k for r in summary for k in r))),
-        stability_first(markdown(root, cells, groups, max_ca_drop, images), stability) + notes_markdown(notes),
+        markdown(root, cells, groups, max_ca_drop, images, preface=stability) + notes_markdown(notes),
         html_report(root, cells, groups, max_ca_drop, images),
     ]
     write_set(dict(zip(files, texts, strict=True)))
     files += [root / p for ps in images.values() for p in ps]
     log.info("report: %d cells (%d failed or invalid) -> %s", len(cells), sum(not c.ok for c in cells), files[2])
     return Report(cells, files)
-
-
-def stability_first(md: str, stability: str) -> str:
-    """The stability table right after the header: in a knob sweep every setting gets its own section (40 cells,
-    1,200 lines), and the table that sums them up is what the reader came for."""
-    at = md.find("\n## ")
-    if not stability or at < 0:
-        return md + stability
-    return md[: at + 1] + stability.strip("\n") + "\n\nEach knob setting's own section follows.\n" + md[at:]
 
 
 def _plots(root: Path, groups: dict[Key, Group]) -> dict[Key, list[str]]:

@@ -68,9 +68,14 @@ def _check_gpu_index(name: str, index: int) -> None:
 _CHOSEN_THREADS: dict[str, Any] = {}  # how `threads: auto` chose, for result.json's runtime (set once per process)
 
 
-def usable_cores() -> int:
+def usable_cpus() -> set[int]:
     """The cores this process may run on (its affinity mask: a container's or a SLURM job's share)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on."""
+    return len(usable_cpus())
 
 
 def _cpu_jiffies(stat: Path) -> dict[int, tuple[int, int]]:
@@ -89,7 +94,7 @@ def busy_cores(seconds: float = 0.25, stat: Path = Path("/proc/stat")) -> float 
     """How many of this process's cores other work keeps busy now, sampled over `seconds` (None: no /proc/stat).
 
     Unlike the 1-minute load average, it does not count work that just ended (a `pip install` before the run)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cpus = usable_cpus()
     try:
         first = _cpu_jiffies(stat)
         time.sleep(seconds)

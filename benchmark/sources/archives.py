@@ -182,6 +182,13 @@ def _check_tar(tf: tarfile.TarFile, archive: Path) -> None:
         _check_name(member.name, archive)
         if member.issym() or member.islnk():
             _check_link(member, archive)
+            if not HAS_DATA_FILTER:
+                raise UnsafeArchiveError(
+                    f"Refused to extract {archive}: member {member.name!r} is a link, and this Python "
+                    f"({sys.version.split()[0]}) has no tarfile extraction filter to check where links lead (Python "
+                    f"3.10.12+, 3.11.4+ or 3.12+ has one). Use a newer Python, or an archive without links. Nothing "
+                    f"was extracted."
+                )
         elif not (member.isfile() or member.isdir()):
             raise UnsafeArchiveError(
                 f"Refused to extract {archive}: member {member.name!r} is a device, fifo or other special file. "
@@ -262,27 +269,20 @@ def _extract_into(archive: Path, folder: Path, kind: Kind, before: int = 0) -> i
                 sizes = [m.size for m in tf.getmembers() if m.isfile()]
                 check_expansion(archive, sizes, folder)
                 with _filling(folder.parent, before + sum(sizes), archive):
-                    _extract_tar(tf, folder, archive)
+                    _extract_tar(tf, folder)
     return before + sum(sizes)
 
 
-def _extract_tar(tf: tarfile.TarFile, folder: Path, archive: Path) -> None:
+def _extract_tar(tf: tarfile.TarFile, folder: Path) -> None:
     """Extract checked members; the stdlib's data filter is the second line of defence where this Python has it.
 
-    Without it (an older Python) links are refused outright, since nothing would check where a chain of them
+    Without it (an older Python) `_check_tar` has refused links, since nothing would check where a chain of them
     leads, and each member is written as plain data: no set-id bits, owned by this user.
     """
     if HAS_DATA_FILTER:
         tf.extractall(folder, filter="data")
-        return
-    links = [m.name for m in tf.getmembers() if m.issym() or m.islnk()]
-    if links:
-        raise UnsafeArchiveError(
-            f"Refused to extract {archive}: member {links[0]!r} is a link, and this Python "
-            f"({sys.version.split()[0]}) has no tarfile extraction filter to check where links lead (Python 3.10.12+, "
-            f"3.11.4+ or 3.12+ has one). Use a newer Python, or an archive without links. Nothing was extracted."
-        )
-    tf.extractall(folder, members=[_as_plain_data(m) for m in tf.getmembers()])
+    else:
+        tf.extractall(folder, members=[_as_plain_data(m) for m in tf.getmembers()])
 
 
 def _as_plain_data(member: tarfile.TarInfo) -> tarfile.TarInfo:

@@ -332,6 +332,14 @@ def bench_reference(model: nn.Module, data: BenchData, w: Workload, rnp: RNP, un
     }
 
 
+# Each per-phase figure, and the list of the reference's laps it is the mean of.
+REFERENCE_LAPS = {
+    "unlearn_s_per_epoch": "unlearn_epoch_s",
+    "recover_s_per_epoch": "recover_epoch_s",
+    "s_per_threshold": "threshold_s",
+}
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -347,11 +355,7 @@ def phase_comparison(rnp: dict[str, Any], rnp_info: dict[str, Any], ref: dict[st
         "recover_s_per_epoch": rnp_info["recover"]["seconds"] / max(rnp["recover_epochs"], 1),
         "s_per_threshold": rnp["curve_s"] / max(rnp["curve_points"], 1),
     }
-    reference = {
-        "unlearn_s_per_epoch": _mean(ref["unlearn_epoch_s"]),
-        "recover_s_per_epoch": _mean(ref["recover_epoch_s"]),
-        "s_per_threshold": _mean(ref["threshold_s"]),
-    }
+    reference = {key: _mean(ref[laps]) for key, laps in REFERENCE_LAPS.items()}
     out = {}
     for key, o in ours.items():
         r = reference[key]
@@ -449,11 +453,7 @@ def summary(result: dict[str, Any]) -> str:
 
 def _phase_lines(phases: dict[str, Any], ref: dict[str, Any]) -> list[str]:
     """One line per phase: the reference's mean, range and count beside ours' mean, and the ratio."""
-    laps = {
-        "unlearn_s_per_epoch": ref["unlearn_epoch_s"],
-        "recover_s_per_epoch": ref["recover_epoch_s"],
-        "s_per_threshold": ref["threshold_s"],
-    }
+    laps = {key: ref[name] for key, name in REFERENCE_LAPS.items()}
     lines = []
     for key, p in phases.items():
         if p["reference"] is None:

@@ -42,7 +42,7 @@ class Projection:
 
     models_s: float = 0.0
     cells_s: dict[str, float] = field(default_factory=dict)  # defense -> seconds over attacks and seeds
-    estimated: list[str] = field(default_factory=list)  # pairs priced from the same defense on other attacks
+    estimated: list[str] = field(default_factory=list)  # models and cells priced from other measured ones
     unpriced: list[str] = field(default_factory=list)
 
     @property
@@ -161,11 +161,10 @@ def render(grid: Grid, p: Projection, experiment: str, source: Path, speed_of: s
     lines = [
         f"{experiment}: {len(grid.attacks)} attacks x {len(grid.defenses)} defenses x {len(grid.seeds)} seeds = "
         f"{cells} cells, {len(grid.attacks) * len(grid.seeds)} backdoored models; priced from {source}"
-        + (
-            f"\n  AT THE SPEED OF {speed_of}, not the preset's {'/'.join(grid.setting)} (--as-measured)"
-            if speed_of
-            else ""
-        ),
+    ]
+    if speed_of:
+        lines.append(f"  AT THE SPEED OF {speed_of}, not the preset's {'/'.join(grid.setting)} (--as-measured)")
+    lines += [
         f"  backdoored models (training + attack preparation)  {p.models_s / 60:8.1f} min",
         *(f"  {d:<10} cells{'':<37}{s / 60:8.1f} min" for d, s in p.cells_s.items()),
         f"  total{'':<47}{p.total_s / 3600:8.2f} h" + (" (a lower bound: unpriced parts below)" if p.unpriced else ""),
