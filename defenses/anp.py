@@ -17,7 +17,6 @@ away (tests/methods/test_precision_parity.py).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
-from defenses.base import DefenseData, DefenseOutput
+from defenses.base import DefenseData, Learned
 from defenses.mask_pruning import MaskPruningDefense
 from defenses.masks import MaskedBatchNorm2d, clamp_unit, mask_layers, mask_values, with_masked_norm
 
@@ -50,12 +49,11 @@ class ANP(MaskPruningDefense):
     mask_momentum: float = bounded(0.9, 0.0, 1.0)
     project_noise: bool = False
 
-    def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
-        fit, holdout = self.split(data.images, gen)
+    def learn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> Learned:
         start = time.perf_counter()
-        masks, info = self.optimize_masks(model, dataclasses.replace(data, images=fit), gen)
+        masks, info = self.optimize_masks(model, data, gen)
         info["seconds"] = round(time.perf_counter() - start, 3)  # recorded only (scale study)
-        return self.finish(model, masks, holdout, info, data.precision)
+        return masks, info
 
     def optimize_masks(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[dict, dict]:
         """Learn the masks against adversarial neuron noise; weights stay frozen, model in train mode."""

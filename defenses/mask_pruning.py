@@ -1,9 +1,11 @@
 """What mask-based pruning defenses (RNP, ANP) share: the threshold curve, the final choice made without
-test data, and the record of what was pruned. A subclass learns per-channel masks; this turns them into
-a defended model."""
+test data, and the record of what was pruned. A subclass learns per-channel masks (`learn`); this turns them
+into a defended model. Learning is the costly part and the knobs in POST_HOC act only after it, so with a
+store (`DefenseData.store`) cells that differ in those knobs alone learn the masks once."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,8 +16,8 @@ from benchmark.core.data import ImageSet
 from benchmark.core.evaluate import accuracy
 from benchmark.core.precision import AUTO, Precision
 from benchmark.core.validation import bounded
-from defenses.base import CurvePoint, Defense, DefenseOutput
-from defenses.masks import count_below, lowest_channels, prune_channels
+from defenses.base import CurvePoint, Defense, DefenseData, DefenseOutput, Learned
+from defenses.masks import count_below, lowest_channels, mask_shapes, prune_channels
 
 
 @dataclass
@@ -36,6 +38,34 @@ class MaskPruningDefense(Defense):
     prune_count: int = bounded(20, 0)
     holdout_fraction: float = bounded(0.2, 0.0, 0.9)
     max_holdout_drop: float = bounded(0.02, 0.0, 1.0)
+
+    # Knobs read only after the masks are learned. `selection` and `holdout_fraction` do change the data the
+    # masks are learned on (a held-out part), but a store keys its entries by that data itself.
+    POST_HOC = frozenset(
+        {"sweep_start", "sweep_stop", "sweep_step", "selection", "prune_threshold", "prune_count"}
+        | {"holdout_fraction", "max_holdout_drop"}
+    )
+
+    def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
+        fit, holdout = self.split(data.images, gen)
+        fit_data = dataclasses.replace(data, images=fit)
+        if data.store is None:
+            masks, info = self.learn(model, fit_data, gen)
+        else:
+            kind = f"{type(self).__module__}.{type(self).__qualname__}"
+            learn = lambda: self.learn(model, fit_data, gen)  # noqa: E731
+            masks, info = data.store.recall(
+                kind, self.learning_knobs(), model, fit_data, gen, learn, mask_shapes(model)
+            )
+        return self.finish(model, masks, holdout, info, data.precision)
+
+    def learn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> Learned:
+        """The per-channel masks (name -> values in [0, 1]) learned on `data`, and their record."""
+        raise NotImplementedError
+
+    def learning_knobs(self) -> dict[str, Any]:
+        """Every parameter that can change the learned masks (all but POST_HOC)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in self.POST_HOC}
 
     def thresholds(self) -> list[float]:
         n = round((self.sweep_stop - self.sweep_start) / self.sweep_step) + 1

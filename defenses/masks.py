@@ -46,12 +46,21 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         )
 
 
+def _maskable(module: nn.Module) -> bool:
+    return type(module) is nn.BatchNorm2d and module.affine and module.track_running_stats
+
+
+def mask_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """The masks `with_masked_norm` gives `model`: layer name -> (channels,)."""
+    return {name: (m.num_features,) for name, m in model.named_modules() if _maskable(m)}
+
+
 def with_masked_norm(model: nn.Module) -> nn.Module:
     """A deep copy of `model` with every BatchNorm2d replaced by a MaskedBatchNorm2d holding its state."""
     masked = copy.deepcopy(model)
     for _name, module in list(masked.named_modules()):
         for child_name, child in list(module.named_children()):
-            if type(child) is nn.BatchNorm2d and child.affine and child.track_running_stats:
+            if _maskable(child):
                 new = MaskedBatchNorm2d(child.num_features, child.eps, child.momentum)
                 new.load_state_dict(child.state_dict(), strict=False)
                 new.to(child.weight.device)

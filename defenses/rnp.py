@@ -21,7 +21,6 @@ away near 1), and so does the pruning (tests/methods/test_precision_parity.py).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
 from benchmark.core.training import epoch_batches
 from benchmark.core.validation import bounded
-from defenses.base import DefenseData, DefenseOutput
+from defenses.base import DefenseData, Learned
 from defenses.mask_pruning import MaskPruningDefense
 from defenses.masks import clamp_unit, mask_layers, mask_values, with_masked_norm
 
@@ -60,19 +59,17 @@ class RNP(MaskPruningDefense):
     recover_epochs: int = bounded(20, 1)
     alpha: float = bounded(0.2, 0.0)
 
-    def __call__(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> DefenseOutput:
-        fit, holdout = self.split(data.images, gen)
-        fit_data = dataclasses.replace(data, images=fit)
+    def learn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> Learned:
         start = time.perf_counter()
-        unlearned, unlearn_info = self.unlearn(model, fit_data, gen)
+        unlearned, unlearn_info = self.unlearn(model, data, gen)
         unlearn_info["seconds"] = round(time.perf_counter() - start, 3)  # recorded only (scale study)
         start = time.perf_counter()
-        masks, recover_info = self.recover(unlearned, fit_data, gen)
+        masks, recover_info = self.recover(unlearned, data, gen)
         recover_info["seconds"] = round(time.perf_counter() - start, 3)
         del unlearned
         info = {"unlearn": unlearn_info, "recover": recover_info}
         info["diagnostics"] = rnp_diagnostics(unlearn_info, recover_info, data.num_classes)
-        return self.finish(model, masks, holdout, info, data.precision)
+        return masks, info
 
     def unlearn(self, model: nn.Module, data: DefenseData, gen: torch.Generator) -> tuple[nn.Module, dict]:
         """Gradient ascent on clean CE over all weights; stop after the first epoch with acc <= threshold."""

@@ -96,6 +96,9 @@ def read_cell(root: Path, path: Path) -> Cell:
         row["der"] = None  # a backdoor that did not implant: nothing was removed, so no DER to rank
     row["ca_change"] = obj["after"]["clean_acc"] - obj["before"]["clean_acc"]
     row.update({f"seconds_{k}": v for k, v in obj["timing_s"].items()})
+    reused = _number(obj["timing_s"].get("defense_reused"))
+    if reused is not None and _number(row.get("seconds_defense")) is not None:
+        row["seconds_defense"] += reused  # masks learned by another cell (reuse_learned): still this defense's cost
     row.update(_training_seconds(obj))
     info = dict(obj.get("defense_info") or {})
     curve = list(info.pop("curve", None) or [])

@@ -34,6 +34,7 @@ from benchmark.run.runtime import runtime_info
 from benchmark.run.streams import Streams
 from benchmark.sources import load_dataset
 from benchmark.sources.source import Source, file_specs
+from benchmark.weights.learned_cache import LearnedCache
 from defenses.base import CurvePoint, DefenseData
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,24 @@ def check_cache(cache: Path, own: Path) -> None:
     )
 
 
+def learned_store(rc: RunConfig, device: torch.device) -> LearnedCache | None:
+    """Where mask-pruning defenses keep their learned masks (`reuse_learned`): `<paths.cache>/learned`, or the
+    own cache's when paths.cache is a shared read-only one."""
+    if not rc.reuse_learned:
+        return None
+    cache = Path(rc.paths.cache).expanduser()
+    root = cache if not cache.is_dir() or write_probe(cache) is None else own_cache(rc)
+    return LearnedCache(root / "learned", runtime_info(device, rc.precision))
+
+
+def reused_seconds(info: dict[str, Any]) -> float | None:
+    """The learning seconds a cell took from the cache instead of spending them (None: it learned, or no store)."""
+    record = info.get("learned_masks")
+    if isinstance(record, dict) and record.get("reused"):
+        return float(record["learned_seconds"])
+    return None
+
+
 def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, Any]:
     """Run one cell and write `result.json` (+ `curve.csv`) into `run_dir`; returns the result."""
     start = time.perf_counter()
@@ -146,8 +165,12 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     log.info("before: %s", _fmt(before))
     implant = implant_record(rc, before)
     with timed(timing, "defense"):
-        defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision)
+        store = learned_store(rc, device)
+        defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision, store)
         out = rc.defense(model, defense_data, Streams(rc.seed).defense(device))
+    reused = reused_seconds(out.info)
+    if reused is not None:  # the learning this cell took from the cache: the defense's cost, not spent here
+        timing["defense_reused"] = reused
     with timed(timing, "evaluate"):
         after = evaluate(out.model, test, triggered, batch, precision)
         natural_after = natural_asr(out.model, test, natural, rc.dataset.num_classes, batch, precision)

@@ -97,6 +97,7 @@ class RunConfig:
     threads: int | str | None = None
     precision: Precision = AUTO
     resume: bool = True
+    reuse_learned: bool = True
     sweep_name: str = "default"
     resolved: dict[str, Any] = field(default_factory=dict)  # the composed config as plain data, for the record
 
@@ -219,16 +220,19 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
     """The top-level settings, each checked before anything is seeded (numpy takes seeds in [0, 2^32))."""
     threads = cfg.get("threads")
     precision, resume = cfg.get("precision", "auto"), cfg.get("resume", True)
+    reuse = cfg.get("reuse_learned", True)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is invalid: choose from {', '.join(PRECISIONS)}")
-    if not isinstance(resume, bool):
-        raise ConfigError(f"resume={resume!r} is invalid: expected true or false")
+    for name, value in (("resume", resume), ("reuse_learned", reuse)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
     return {
         "seed": _int_in(cfg.get("seed", 0), "seed", *SEED_RANGE),
         "threads": check_threads(threads),
         "device": str(cfg.get("device", "auto")),
         "precision": precision,
         "resume": resume,
+        "reuse_learned": reuse,
         "sweep_name": str(cfg.get("sweep_name", "default")),
     }
 

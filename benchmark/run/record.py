@@ -177,6 +177,7 @@ IGNORED_KEYS = (
     "logger",
     "sweep_name",
     "resume",
+    "reuse_learned",  # the same masks either way (the cache's key is their every input)
     "model.zoo_dir",
     "model.timeout_s",
     "model.deadline_s",

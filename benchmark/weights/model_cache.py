@@ -195,7 +195,7 @@ def _fill(e: CacheEntry, file: Path, verify: Verifier, with_sidecar: bool = True
             f"{exc} It was left in place as evidence; move or delete it to rebuild the model."
         ) from None
     except CheckpointError as exc:
-        moved = _move_aside(file, with_sidecar)
+        moved = move_aside(file, with_sidecar)
         why = str(exc).splitlines()[0].replace(f"cached model {file}", "it").replace(str(file), "it")
         log.warning("model cache: %s is damaged (%s); moved it to %s, rebuilding", file, why, moved.name)
         return False
@@ -270,7 +270,7 @@ def _verified_legacy(path: Path, model: nn.Module) -> Loaded:
     return (*_load_legacy(path, model), digest)
 
 
-def _move_aside(path: Path, with_sidecar: bool = True) -> Path:
+def move_aside(path: Path, with_sidecar: bool = True) -> Path:
     """Move a damaged entry (and its sidecar) to `<key>.corrupt-<time><suffix>`, kept for inspection."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     target = path.with_name(f"{path.stem}.corrupt-{stamp}{path.suffix}")

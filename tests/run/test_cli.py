@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from benchmark.report.table import read_cell
 from tests.conftest import FAST
 from tests.helpers.cli import run_cli
 
@@ -45,6 +48,29 @@ def test_single_cell_writes_result_and_reuses_the_cached_model(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr
     second = check_result(tmp_path / "again" / "result.json", "none")
     assert second["model_source"] == "cache" and second["before"] == first["before"]
+    check_learned_masks_are_reused(tmp_path, first)
+
+
+def check_learned_masks_are_reused(tmp_path: Path, first: dict) -> None:
+    """Another pruning threshold reuses the first cell's RNP masks (its learning seconds counted in the report);
+    reuse_learned=false learns them again and records nothing about a cache."""
+    assert first["defense_info"]["learned_masks"]["reused"] is False
+    run_dir = tmp_path / "threshold"
+    proc = run_cli([*FAST, f"hydra.run.dir={run_dir}", "defense.prune_threshold=0.5"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    reused = check_result(run_dir / "result.json", "rnp")
+    record = reused["defense_info"]["learned_masks"]
+    assert record["reused"] is True and record["entry"] == first["defense_info"]["learned_masks"]["entry"]
+    assert reused["timing_s"]["defense_reused"] == record["learned_seconds"] > 0
+    assert reused["defense_info"]["recover"] == first["defense_info"]["recover"]
+    assert reused["defense_info"]["selected_threshold"] == 0.5
+    row = read_cell(run_dir, run_dir / "result.json").row
+    assert row["seconds_defense"] == pytest.approx(reused["timing_s"]["defense"] + record["learned_seconds"])
+    proc = run_cli([*FAST, f"hydra.run.dir={tmp_path / 'off'}", "reuse_learned=false"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    off = check_result(tmp_path / "off" / "result.json", "rnp")
+    assert "learned_masks" not in off["defense_info"] and "defense_reused" not in off["timing_s"]
+    assert off["after"] == first["after"]
 
 
 def test_multirun_writes_one_result_per_cell_in_named_subdirs(tmp_path: Path) -> None:

@@ -57,6 +57,8 @@ def test_defaults_are_the_paper_cell(tmp_home) -> None:
         ("eval.batch_size=0", "batch_size=0 is out of range"),
         ("precision=fp16", "precision='fp16' is invalid: choose from auto, fp32, bf16"),
         ("dataset.size=100000", "size=100000 is out of range: allowed [8, 1024]"),
+        ("reuse_learned=sometimes", "reuse_learned='sometimes' is invalid: expected true or false"),
+        ("resume=2", "resume=2 is invalid: expected true or false"),
     ],
 )
 def test_bad_values_fail_with_the_value_and_the_range(override: str, needle: str, tmp_home) -> None:
