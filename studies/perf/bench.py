@@ -40,11 +40,13 @@ import PIL
 import torch
 import torchvision
 import yaml
+from omegaconf import OmegaConf
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.badnets import BadNets
 from attacks.poison import poison_train_split, triggered_test
+from benchmark import CONF_DIR
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
 from benchmark.core.data import ImageSet, TriggeredSet
@@ -54,12 +56,13 @@ from benchmark.core.io import atomic_write_json
 from benchmark.core.precision import AUTO, PRECISIONS, Precision, cpu_name
 from benchmark.core.training import TrainRecipe, train_classifier
 from benchmark.run.cell import evaluate_curve
+from benchmark.run.config import build_target
 from benchmark.run.record import SCHEMA, clean_floats, versions
 from benchmark.run.runtime import setup_runtime
 from defenses.anp import ANP
-from defenses.base import DefenseData
-from defenses.mask_pruning import MaskPruningDefense
+from defenses.base import Defense, DefenseData
 from defenses.rnp import RNP
+from studies.perf.project import from_perf, grid_of
 from studies.perf.reference import BATCH as REFERENCE_TEST_BATCH
 from studies.perf.reference import loading_seconds, make_loaders, run_reference_rnp
 
@@ -281,7 +284,7 @@ def bench_eval(
 
 
 def bench_defense(
-    defense: MaskPruningDefense, model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision
+    defense: Defense, model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The defense, then its whole threshold curve evaluated as `benchmark.run.cell` does; seconds of each."""
     device = data.test.x.device
@@ -299,6 +302,54 @@ def bench_defense(
         "curve_models_evaluated": len({p.key for p in out.curve}),
     }
     return figures, out.info
+
+
+# The grid's other defenses, timed at their configured settings (conf/defense/<name>.yaml) for the projection.
+OTHER_DEFENSES = ("fp", "clp", "nad", "ft", "ibau")
+PROJECTED = "rnp_cifar10"  # the grid a perf run prices (studies.perf.project)
+
+
+def configured_defense(name: str, debug: bool = False, conf_dir: Path = Path(CONF_DIR)) -> Defense:
+    """The defense as a cell builds it from its config file (the harness's `defense.curve` setting left out);
+    `debug`: with its loops shrunk as `debug=default` shrinks them (conf/defense_debug/<name>_default.yaml)."""
+    node = OmegaConf.load(conf_dir / "defense" / f"{name}.yaml")
+    shrunk = conf_dir / "defense_debug" / f"{name}_default.yaml"
+    if debug and shrunk.is_file():
+        node = OmegaConf.merge(node, OmegaConf.load(shrunk))
+    node.pop("curve", None)
+    return build_target(node, Defense)
+
+
+def bench_other_defenses(
+    model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision
+) -> dict[str, dict[str, Any]]:
+    """Seconds of each of OTHER_DEFENSES (defense + its curve), as for RNP and ANP; the smoke-test size
+    runs them shrunk as `debug=default` does (said in each figure)."""
+    debug = w.size == "tiny"
+    return {
+        d: {**bench_defense(configured_defense(d, debug), model, data, w, seed, precision)[0], "debug": debug}
+        for d in OTHER_DEFENSES
+    }
+
+
+def grid_projection(figures: dict[str, Any], w: Workload, triggered: int) -> dict[str, Any]:
+    """The paper grid (PROJECTED) priced from this run's figures: recipe epochs of `w.train_images` per model,
+    each cell's defense and curve, its before/after evaluation; attack preparation unpriced."""
+    grid = grid_of(PROJECTED)
+    epochs = int(OmegaConf.load(Path(CONF_DIR) / "train" / "cifar.yaml")["epochs"])
+    p = from_perf(grid, figures, epochs, w.train_images, w.test_images + triggered)
+    return {
+        "experiment": PROJECTED,
+        "total_s": round(p.total_s, 1),
+        "lower_bound": bool(p.unpriced),
+        "models_s": round(p.models_s, 1),
+        "cells_s": {d: round(v, 1) for d, v in p.cells_s.items()},
+        "unpriced": p.unpriced,
+        "assumes": f"{len(grid.attacks) * len(grid.seeds)} models x {epochs} epochs (conf/train/cifar.yaml) x "
+        f"{w.train_images} images; {len(grid.defenses)} defenses x {len(grid.attacks) * len(grid.seeds)} cells, "
+        f"each evaluated before and after on {w.test_images + triggered} images"
+        + ("" if w.size == "full" else f"; size {w.size} is not the paper's network (width {w.width})"),
+    }
 
 
 def bench_reference(model: nn.Module, data: BenchData, w: Workload, rnp: RNP, unlearn_epochs: int) -> dict[str, Any]:
@@ -433,6 +484,8 @@ def summary(result: dict[str, Any]) -> str:
         f"  reference phases: loaders {ref['loaders_s']:.2f} s, setup {ref['setup_s']:.2f} s; per phase "
         "reference / ours (ratio), an epoch with its test evaluation as the authors' log times it:",
         *_phase_lines(f["phases_reference_vs_ours"], ref),
+        "  others       " + ", ".join(f"{d} {v['seconds']:.2f} s" for d, v in f["defenses"].items()),
+        *_projection_lines(f["grid_projection"]),
         f"  peak memory  {mem['cell_peak_mb']:>10,.0f} MB      ({mem['kind']})",
         f"  backdoored model: clean acc {f['model']['clean_acc']:.3f}, ASR {f['model']['asr']:.3f}",
     ]
@@ -449,6 +502,15 @@ def summary(result: dict[str, Any]) -> str:
     if "profile" in result:
         lines.append("  (profiled run: its timings include the profiler's overhead)")
     return "\n".join(lines)
+
+
+def _projection_lines(g: dict[str, Any]) -> list[str]:
+    bound = " at least" if g["lower_bound"] else ""
+    return [
+        f"  grid         {g['experiment']} projected at these speeds:{bound} {g['total_s'] / 3600:.2f} h (models "
+        f"{g['models_s'] / 60:.1f} min, cells {sum(g['cells_s'].values()) / 60:.1f} min); {g['assumes']}",
+        *(f"    unpriced: {u}" for u in g["unpriced"]),
+    ]
 
 
 def _phase_lines(phases: dict[str, Any], ref: dict[str, Any]) -> list[str]:
@@ -504,6 +566,8 @@ def run(
         anp_figures, _ = bench_defense(anp, model, data, w, seed, precision)
     per_iteration = round(anp_figures["defense_s"] / anp.iterations, 5)
     anp_figures.update(iterations=anp.iterations, defense_s_per_iteration=per_iteration)
+    with phase("defenses"):
+        others = bench_other_defenses(model, data, w, seed, precision)
     with phase("reference_rnp"):
         reference = bench_reference(model, data, w, rnp, rnp_figures["unlearn_epochs"])
     figures = {
@@ -511,12 +575,14 @@ def run(
         "eval": evaluation,
         "rnp": rnp_figures,
         "anp": anp_figures,
+        "defenses": others,
         "reference_rnp": reference,
         "ratio_reference_over_ours": round(reference["seconds"] / rnp_figures["seconds"], 2),
         "phases_reference_vs_ours": phase_comparison(rnp_figures, rnp_info, reference),
-        "peak_memory": mem.summary(("train", "eval", "rnp", "anp")),
+        "peak_memory": mem.summary(("train", "eval", "rnp", "anp", "defenses")),
         "model": {k: round(v, 4) for k, v in metrics.as_dict().items()},
     }
+    figures["grid_projection"] = grid_projection(figures, w, len(data.triggered.images))
     result = {
         "schema": SCHEMA,
         "benchmark": "perf",

@@ -20,9 +20,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from attacks.base import Attack
 from benchmark import CONF_DIR
 
 
@@ -153,6 +156,36 @@ def project(grid: Grid, m: Measured) -> Projection:
         elif guessed:
             out.unpriced.append(f"{defense}: never measured")
     return out
+
+
+def from_perf(grid: Grid, figures: dict[str, Any], epochs: int, train_images: int, eval_images: int) -> Projection:
+    """Price `grid` from one perf run's figures (studies.perf.bench): a model = `epochs` epochs of
+    `train_images` at the measured training rate; a cell = its defense's measured seconds (curve included)
+    plus the before and after evaluation of `eval_images` at the measured evaluation rate. Attack
+    preparation (trigger generators, adversarial perturbations, the clean model some attacks start from)
+    is not in a perf run: listed as unpriced, so the total is a lower bound."""
+    out, per_pair = Projection(), len(grid.attacks) * len(grid.seeds)
+    out.models_s = per_pair * epochs * train_images / figures["train"]["images_per_s"]
+    evaluation = 2 * eval_images / figures["eval"]["images_per_s"]
+    measured = {**figures.get("defenses", {}), **{d: figures[d] for d in ("rnp", "anp") if d in figures}}
+    for defense in grid.defenses:
+        if defense == "none":
+            out.cells_s[defense] = per_pair * evaluation
+        elif defense in measured:
+            out.cells_s[defense] = per_pair * (measured[defense]["seconds"] + evaluation)
+        else:
+            out.unpriced.append(f"{defense}: not measured by the perf run")
+    prepared = [a for a in grid.attacks if prepares(a)]
+    if prepared:
+        out.unpriced.append(f"attack preparation ({', '.join(prepared)}): not measured by the perf run")
+    return out
+
+
+def prepares(attack: str, conf_dir: Path = Path(CONF_DIR)) -> bool:
+    """Whether the attack does work before its poisoned training (a trigger generator, adversarial
+    perturbations, a clean model to start from): its class overrides `Attack.prepare`."""
+    target = OmegaConf.load(conf_dir / "attack" / f"{attack}.yaml").get("_target_")
+    return target is not None and get_class(str(target)).prepare is not Attack.prepare
 
 
 def render(grid: Grid, p: Projection, experiment: str, source: Path, speed_of: str = "") -> str:

@@ -23,6 +23,13 @@ def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.Captur
     assert f["reference_rnp"]["test_loading_s_per_evaluation"] > 0 and f["reference_rnp"]["sweep_s_per_threshold"] > 0
     assert f["ratio_reference_over_ours"] == pytest.approx(f["reference_rnp"]["seconds"] / f["rnp"]["seconds"], 0.01)
     assert 0.0 <= f["model"]["clean_acc"] <= 1.0 and 0.0 <= f["model"]["asr"] <= 1.0
+    assert set(f["defenses"]) == {"fp", "clp", "nad", "ft", "ibau"}
+    assert all(d["seconds"] > 0 and d["debug"] is True for d in f["defenses"].values())  # tiny: loops shrunk
+    g = f["grid_projection"]
+    assert g["experiment"] == "rnp_cifar10" and g["lower_bound"] is True  # attack preparation is not in a perf run
+    assert set(g["cells_s"]) == {"none", "rnp", "anp", "fp", "clp", "nad", "ft", "ibau"}
+    assert g["total_s"] == pytest.approx(g["models_s"] + sum(g["cells_s"].values()), abs=0.5)
+    assert "size tiny is not the paper's network" in g["assumes"]
     assert [t["figure"] for t in result["targets"]] == ["reference / ours RNP ratio"]  # CUDA targets only on CUDA
     assert result["options"]["precision"] == "fp32" and "profile" not in result
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from studies.perf.project import Grid, grid_of, main, measured, project
+from studies.perf.project import Grid, from_perf, grid_of, main, measured, prepares, project
 
 COLUMNS = [
     "dataset",
@@ -68,3 +68,34 @@ def test_another_setting_is_refused_unless_asked_for(tmp_path: Path, capsys: pyt
     assert "13 attacks x 8 defenses x 1 seeds = 104 cells" in out and "AT THE SPEED OF embedded/convnet" in out
     assert "anp: never measured" in out and "lower bound" in out
     assert main([str(tmp_path / "missing")]) == 2
+
+
+def test_a_perf_run_prices_the_grid_and_lists_attack_preparation_as_unpriced() -> None:
+    grid = Grid(("badnets", "trojan", "none"), ("none", "rnp", "anp", "fp", "nad"), ("0", "1"))
+    figures = {
+        "train": {"images_per_s": 1000.0},
+        "eval": {"images_per_s": 2000.0},
+        "rnp": {"seconds": 3.0},
+        "anp": {"seconds": 10.0},
+        "defenses": {"fp": {"seconds": 6.0}},
+    }
+    p = from_perf(grid, figures, epochs=2, train_images=500, eval_images=1000)
+    assert p.models_s == 6 * 2 * 500 / 1000.0  # 3 attacks x 2 seeds, each 2 epochs of 500 images
+    evaluation = 2 * 1000 / 2000.0  # before and after
+    assert p.cells_s == {"none": 6 * evaluation, "rnp": 6 * (3.0 + evaluation), "anp": 6 * (10.0 + evaluation),
+                         "fp": 6 * (6.0 + evaluation)}  # fmt: skip
+    assert p.unpriced == [
+        "nad: not measured by the perf run",
+        "attack preparation (trojan): not measured by the perf run",
+    ]
+
+
+def test_which_attacks_prepare_is_read_from_their_classes() -> None:
+    assert [a for a in grid_of("rnp_cifar10").attacks if prepares(a)] == [
+        "trojan",
+        "cl",
+        "dynamic",
+        "fc",
+        "awp",
+        "lira",
+    ]
