@@ -9,12 +9,14 @@ Calibrated against data/poison_tool_cifar.py and main.py at bboylyg/RNP eeae192:
 - clean and poisoned test data: numpy HWC uint8 images (DatasetBD.addTrigger stores np.array(img), lines
   194-233) through ToTensor + Normalize per item with no PIL round trip (get_test_loader, lines 70-94),
   unshuffled `DataLoader`s of batch 128 (main.py's --batch_size);
+- test mode drops the attack's target class from both test sets (DatasetBD.addTrigger, `continue` when the
+  label is the target, lines 209-211): 9,000 clean and 9,000 poisoned CIFAR-10 images per evaluation;
 - fp32, NCHW, no autocast;
 - the full clean and poisoned test sets evaluated (batch 128, loss and accuracy) after every unlearning
   and every recovery epoch;
 - recovery with every weight still trainable (the backward computes all their gradients; only the masks
   are stepped), pruning one neuron at a time through a state-dict round trip, and a full test evaluation
-  per threshold with the same loaders.
+  of the unpruned model (main.py lines 289-291) then one per threshold with the same loaders.
 Nothing here produces results: the harness's RNP is `defenses.rnp`.
 """
 
@@ -59,6 +61,11 @@ class PILImages(NumpyImages):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.transform(Image.fromarray(self.arrays[i])), self.labels[i]
+
+
+def without_target(test: ImageSet, target: int) -> ImageSet:
+    """The clean test set as the authors' test mode builds it: every image whose label is not the target."""
+    return test.subset((test.y != target).nonzero().squeeze(1))
 
 
 @dataclass
@@ -118,6 +125,7 @@ class ReferenceRun:
     setup_s: float  # copying the network before the first epoch
     unlearn_epoch_s: list[float]
     recover_epoch_s: list[float]
+    unpruned_s: float  # the evaluation of the original model before the sweep
     threshold_s: list[float]
     test_passes: int
 
@@ -135,7 +143,7 @@ class ReferenceRun:
 
     @property
     def total_s(self) -> float:
-        return self.setup_s + self.unlearn_s + self.recover_s + self.sweep_s
+        return self.setup_s + self.unlearn_s + self.recover_s + self.unpruned_s + self.sweep_s
 
 
 class _Tester:
@@ -248,8 +256,10 @@ def run_reference_rnp(
     setup_s = clock.lap()
     unlearn_laps = unlearn(unlearned, loaders, unlearn_epochs, tester, device, clock)
     masks, recover_laps = recover(unlearned, loaders, recover_epochs, tester, device, clock)
+    tester(original)  # the unpruned model's line of the authors' pruning log
+    unpruned_s = clock.lap()
     sweep_laps = sweep(original, masks, thresholds, tester, clock)
-    return ReferenceRun(setup_s, unlearn_laps, recover_laps, sweep_laps, tester.passes)
+    return ReferenceRun(setup_s, unlearn_laps, recover_laps, unpruned_s, sweep_laps, tester.passes)
 
 
 def loading_seconds(loaders: ReferenceLoaders) -> float:

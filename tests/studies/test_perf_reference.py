@@ -58,6 +58,13 @@ def test_test_loaders_hand_out_numpy_to_tensor_normalize_without_pil(fromarray: 
     assert fromarray.calls == 0  # the authors' DatasetBD hands numpy arrays to ToTensor, never PIL images
 
 
+def test_the_clean_test_set_drops_the_target_class_as_the_authors_test_mode_does() -> None:
+    test = _images(20, 4)
+    kept = reference.without_target(test, 3)
+    assert len(kept) == 18 and bool((kept.y != 3).all())
+    assert torch.equal(kept.x, test.x[test.y != 3])
+
+
 def test_defense_loader_goes_through_pil_once_per_image(fromarray: _FromarrayCounter) -> None:
     loaders = reference.make_loaders(_images(6, 3), _images(2, 1), _images(2, 2), MEAN, STD, defense_batch=3)
     batches = list(loaders.defense)
@@ -84,7 +91,8 @@ def test_tiny_run_reports_reference_seconds_per_phase(tmp_path: Path, capsys: py
     assert len(ref["threshold_s"]) == rnp["curve_points"] == 19
     laps = ref["unlearn_epoch_s"] + ref["recover_epoch_s"] + ref["threshold_s"]
     assert all(v > 0 for v in laps) and ref["loaders_s"] >= 0 and ref["setup_s"] >= 0
-    parts = ref["loaders_s"] + ref["setup_s"] + sum(laps)
+    assert ref["test_set_passes"] == 2 * (len(laps) + 1)  # and the unpruned model's evaluation
+    parts = ref["loaders_s"] + ref["setup_s"] + ref["unpruned_eval_s"] + sum(laps)
     assert parts <= ref["seconds"] + 0.005  # rounding: each figure to the millisecond
     assert ref["unlearn_s"] == pytest.approx(sum(ref["unlearn_epoch_s"]), abs=0.005)
     assert ref["sweep_s"] == pytest.approx(sum(ref["threshold_s"]), abs=0.02)
