@@ -61,11 +61,25 @@ def load_resized(root: Path, name: str, what: str, mmap: bool = False) -> tuple[
 
 
 def save_resized(root: Path, name: str, what: str, train: ImageSet, test: ImageSet, **extra: Any) -> None:
-    """Keep the tensors as `root/name`, or in the own cache when `root` is read-only (said in the log)."""
+    """Keep the tensors as `root/name`, or in the own cache when `root` is read-only (said in the log).
+
+    The file only saves time: when no folder takes it (the own cache unwritable too, or a full disk), the run goes
+    on with the images in memory, and one warning says where it looked and how to keep the file next time.
+    """
     folder = own_folder(root)
     if folder is None:
         folder = root
     else:
         log.info("%s: %s is read-only; its resized images are kept in your own cache %s", what, root, folder)
     blob = {"train_x": train.x, "train_y": train.y, "test_x": test.x, "test_y": test.y}
-    atomic_torch_save({**blob, **extra}, folder / name)
+    try:
+        atomic_torch_save({**blob, **extra}, folder / name)
+    except OSError as exc:  # DiskFullError among them
+        reason = exc.strerror or str(exc).splitlines()[0]
+        log.warning(
+            "%s: the resized images could not be kept as %s (%s), so they will be resized again on the next run; "
+            "point BENCHMARK_HOME (or paths.data) to a writable folder to keep them",
+            what,
+            folder / name,
+            reason,
+        )

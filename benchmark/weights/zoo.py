@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from attacks.base import Attack
 from benchmark import CONF_DIR
-from benchmark.core.errors import BenchmarkError, ConfigError
+from benchmark.core.errors import BenchmarkError, ConfigError, DiskFullError
 from benchmark.core.validation import Checked, bounded
 from benchmark.sources.archives import UnsafeArchiveError, extract, sniff
 from benchmark.sources.fetch import ChecksumError, Remote, check_sha256, fetch, sha256_file
@@ -46,8 +46,9 @@ log = logging.getLogger(__name__)
 ZOO_FILE = Path(CONF_DIR) / "zoo.yaml"
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".tar", ".ckpt", ".pkl", ".bin", ".safetensors")
 WEIGHT_FILES = ("checkpoint", "safetensors")  # the kinds `sniff` gives a single weights file (not an archive)
-# Failures that mean "this file is not what the zoo says": never silently fall back from them.
-INTEGRITY_ERRORS = (ChecksumError, UnsafeCheckpointError, UnsafeArchiveError)
+# Failures that mean "this file is not what the zoo says", or that training would meet too (a full disk):
+# never silently fall back from them.
+INTEGRITY_ERRORS = (ChecksumError, UnsafeCheckpointError, UnsafeArchiveError, DiskFullError)
 GDRIVE_ID = re.compile(r"[A-Za-z0-9_-]+")  # what Google Drive file ids are made of
 SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,199}")  # a file name that is safe on every system
 

@@ -162,6 +162,30 @@ def test_a_read_only_data_folder_keeps_the_resized_gtsrb_in_the_own_cache(server
     assert torch.equal(third.x, train.x) and len(server.requests) == 3 and data_files(lab) == before
 
 
+def test_a_read_only_data_folder_and_an_unwritable_own_cache_still_load_with_one_warning(
+    server, tmp_home, monkeypatch, caplog
+):
+    """Neither folder takes the resized file (both refuse, as read-only mounts do): the images still load, from
+    memory, and the warning names the file and what to set; nothing is written in the lab's folder."""
+    lab = tmp_home / "lab"
+    src = source(server, "gtsrb", "erda", size=32)
+    train, _ = load_dataset("gtsrb", lab, src)
+    (lab / "gtsrb" / "gtsrb_32.pt").unlink()
+    before = data_files(lab)
+    own = tmp_home / "bench" / "data" / "gtsrb"
+    monkeypatch.setattr(resized, "write_probe", lambda f: "Read-only file system" if f == lab / "gtsrb" else None)
+
+    def refuse(obj, path):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(resized, "atomic_torch_save", refuse)
+    with caplog.at_level(logging.WARNING, logger="benchmark.sources"):
+        again, _ = load_dataset("gtsrb", lab, src)
+    assert torch.equal(again.x, train.x) and data_files(lab) == before and not (own / "gtsrb_32.pt").exists()
+    assert f"could not be kept as {own / 'gtsrb_32.pt'} (Read-only file system)" in caplog.text
+    assert "BENCHMARK_HOME" in caplog.text
+
+
 def test_imagenet12_at_a_reduced_size(server, tmp_home, monkeypatch) -> None:
     monkeypatch.setenv(GDRIVE_ENV, server.base + "/gdrive/{id}")
     train, test = load_dataset("imagenet12", tmp_home / "data", composed_source("imagenet12", "dataset.size=48"))

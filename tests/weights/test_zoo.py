@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import importlib
 import json
 import logging
 import zipfile
@@ -15,7 +17,7 @@ from hydra import compose, initialize_config_dir
 from safetensors import safe_open
 
 from benchmark.core.archs import build_arch
-from benchmark.core.errors import ConfigError
+from benchmark.core.errors import ConfigError, DiskFullError
 from benchmark.run.config import build_run_config
 from benchmark.run.export import export_cell, export_config, log_artifact
 from benchmark.run.model import new_model, zoo_settings
@@ -153,6 +155,22 @@ def test_integrity_failures_stop_the_run_even_in_auto(tmp_home, server, tmp_path
     with pytest.raises(UnsafeCheckpointError, match="unsupported global exec"):
         _zoo_model(build_run_config(compose_cfg(overrides)))
     assert not sentinel.exists()
+
+
+def test_a_full_disk_during_a_zoo_download_stops_the_run_even_in_auto(tmp_home, server, tmp_path, monkeypatch):
+    """Training instead would fill the same disk with the model cache: the run stops with the one message
+    (simulated: every write to gdown's partial file fails with ENOSPC)."""
+
+    def full(path: str, mode: str = "r", *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        if mode == "ab":  # gdown's partial file
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return open(path, mode, *args, **kw)  # type: ignore[call-overload]
+
+    parts = build_run_config(compose_cfg(SMALL))
+    overrides = [*_small_entry(tmp_path, server, {"state_dict": _state(parts)}), "model.retries=0"]
+    monkeypatch.setattr(importlib.import_module("gdown.download"), "open", full, raising=False)
+    with pytest.raises(DiskFullError, match=r"No space left on the device holding .*zoo while downloading"):
+        _zoo_model(build_run_config(compose_cfg(overrides)))
 
 
 def test_wrong_keys_fall_back_in_auto_and_fail_in_zoo(tmp_home, server, tmp_path, caplog) -> None:
