@@ -31,7 +31,9 @@ REMOVED_ASR = 0.10  # "removed": a defense is highlighted only when its mean ASR
 PREMISE_NOTE = (
     "Premise: whether the defense's mechanism worked in the cell, judged from the signals it recorded "
     '(benchmark/core/premise.py): "held"; "failed k/n: <reason>" when it did not in k of n seeds, so the '
-    'number beside it is not that mechanism at work (e.g. RNP\'s mask recovery stayed at chance); "n/a": no rule.'
+    'number beside it is not that mechanism at work (e.g. RNP\'s mask recovery stayed at chance); "n/a": no rule. '
+    'A premise is not the outcome: "held" beside a high ASR means the mechanism ran as it should and still left '
+    "this backdoor (e.g. fine-tuning kept fitting the clean data, and the trigger survived it)."
 )
 
 
