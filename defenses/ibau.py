@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from benchmark.core.evaluate import accuracy
 from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
-from benchmark.core.training import epoch_batches
+from benchmark.core.training import device_sum, epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
 
@@ -59,18 +59,18 @@ class IBAU(Defense):
             pert, adv_loss = self.find_perturbation(net, data, gen)
             batches = list(epoch_batches(data.images, self.batch_size, None, gen))
             x0, y0 = batches[0]  # the inner problem's fixed-point map uses one batch, as in the reference
-            outer_sum, n = 0.0, 0
+            outer_sum, n = device_sum(data.device), 0  # read once a round, not each batch
             for x, y in batches:
                 opt.zero_grad(set_to_none=True)
                 outer = self.hypergradient(net, params, pert, (x0, y0), (x, y), gen)
                 opt.step()
-                outer_sum += outer * len(y)
+                outer_sum += outer.double() * len(y)
                 n += len(y)
             rounds.append(
                 {
                     "pert_norm": round(float(pert.norm()), 4),
                     "adv_loss": round(adv_loss, 4),
-                    "outer_loss": round(outer_sum / n, 4),
+                    "outer_loss": round(outer_sum.item() / n, 4),
                     "defense_acc": round(accuracy(net, data.images, precision=data.precision), 4),
                 }
             )
@@ -88,7 +88,7 @@ class IBAU(Defense):
         """Inner max: one SGD pass over the data on a universal delta, then projection onto the L2 ball."""
         delta = torch.zeros(1, *data.images.x.shape[1:], device=data.device, requires_grad=True)
         opt = torch.optim.SGD([delta], lr=self.pert_lr)
-        total, n = 0.0, 0
+        total, n = device_sum(data.device), 0  # read once, after the pass
         for x, _y in epoch_batches(data.images, self.batch_size, None, gen):
             with data.precision.autocast(data.device):
                 with torch.no_grad():
@@ -98,12 +98,12 @@ class IBAU(Defense):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(ce.detach()) * len(x)
+            total += ce.detach().double() * len(x)
             n += len(x)
         delta = delta.detach()
         if self.norm_bound is not None:
             delta = project_l2(delta, self.norm_bound)
-        return delta, total / max(n, 1)
+        return delta, total.item() / max(n, 1)
 
     def inner_loss(self, net: nn.Module, delta: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
         x, y = batch
@@ -126,8 +126,8 @@ class IBAU(Defense):
         inner_batch: tuple[Tensor, Tensor],
         outer_batch: tuple[Tensor, Tensor],
         gen: torch.Generator,
-    ) -> float:
-        """Set p.grad to the implicit hypergradient of the outer loss; returns the outer loss."""
+    ) -> Tensor:
+        """Set p.grad to the implicit hypergradient of the outer loss; returns the outer loss (on the device)."""
         delta = pert.detach().requires_grad_(True)
         outer = self.outer_loss(net, delta, outer_batch, gen)
         g_delta, *g_direct = torch.autograd.grad(outer, [delta, *params], allow_unused=True)
@@ -140,7 +140,7 @@ class IBAU(Defense):
         g_indirect = torch.autograd.grad(mapped, params, grad_outputs=v, allow_unused=True)
         for p, a, b in zip(params, g_direct, g_indirect, strict=True):
             p.grad = _add(a, b, p)
-        return float(outer.detach())
+        return outer.detach()
 
 
 def _add(a: Tensor | None, b: Tensor | None, like: Tensor) -> Tensor:

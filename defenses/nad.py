@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from benchmark.core.errors import ConfigError
 from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
-from benchmark.core.training import epoch_batches
+from benchmark.core.training import device_sum, epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import Defense, DefenseData, DefenseOutput
 
@@ -82,7 +82,7 @@ class NAD(Defense):
         accs = []
         progress = Progress("nad teacher", self.teacher_epochs, logger=log)
         for _ in range(self.teacher_epochs):
-            correct, seen = 0, 0
+            correct, seen = device_sum(data.device, torch.long), 0  # read once an epoch, not each batch
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 with data.precision.autocast(data.device):
                     logits = net(x)
@@ -90,9 +90,9 @@ class NAD(Defense):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                correct += int((logits.argmax(1) == y).sum())
+                correct += (logits.detach().argmax(1) == y).sum()
                 seen += len(y)
-            accs.append(round(correct / seen, 4))
+            accs.append(round(correct.item() / seen, 4))
             progress.update({"acc": accs[-1]})
         progress.close()
         return accs
@@ -110,8 +110,8 @@ class NAD(Defense):
         progress = Progress("nad distill", self.epochs, logger=log)
         with capture(student, stages) as s_maps, capture(teacher, stages) as t_maps:
             for _ in range(self.epochs):
-                ce_sum, at_sum, n = 0.0, 0.0, 0
-                correct = torch.zeros((), device=data.device, dtype=torch.long)  # read once per epoch
+                ce_sum, at_sum, n = device_sum(data.device), device_sum(data.device), 0  # read once an epoch
+                correct = device_sum(data.device, torch.long)
                 for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                     with data.precision.autocast(data.device):
                         with torch.no_grad():
@@ -126,14 +126,14 @@ class NAD(Defense):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
-                    ce_sum += float(ce.detach()) * len(y)
-                    at_sum += float(at.detach()) * len(y)
+                    ce_sum += ce.detach().double() * len(y)
+                    at_sum += at.detach().double() * len(y)
                     n += len(y)
                     correct += (logits.detach().argmax(1) == y).sum()
                 sched.step()
                 acc_hist.append(round(correct.item() / n, 4))
-                ce_hist.append(round(ce_sum / n, 4))
-                at_hist.append(round(at_sum / n, 4))
+                ce_hist.append(round(ce_sum.item() / n, 4))
+                at_hist.append(round(at_sum.item() / n, 4))
                 progress.update({"ce": ce_hist[-1], "attention loss": at_hist[-1]})
         progress.close()
         return {"ce_per_epoch": ce_hist, "attention_loss_per_epoch": at_hist, "acc_per_epoch": acc_hist}

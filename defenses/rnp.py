@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from benchmark.core.premise import chance_bar
 from benchmark.core.progress import Progress
-from benchmark.core.training import epoch_batches
+from benchmark.core.training import device_sum, epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import DefenseData, Learned
 from defenses.mask_pruning import MaskPruningDefense
@@ -85,7 +85,7 @@ class RNP(MaskPruningDefense):
         accs: list[float] = []
         progress = Progress("rnp unlearn", self.unlearn_epochs, logger=log)
         for _ in range(self.unlearn_epochs):
-            correct, seen, loss_sum = 0, 0, torch.zeros((), device=data.device)
+            correct, seen, loss_sum = device_sum(data.device, torch.long), 0, torch.zeros((), device=data.device)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 with data.precision.autocast(data.device):
                     logits = net(x)
@@ -95,13 +95,14 @@ class RNP(MaskPruningDefense):
                 if self.unlearn_grad_clip is not None:
                     nn.utils.clip_grad_norm_(net.parameters(), self.unlearn_grad_clip)
                 opt.step()
-                correct += int((logits.argmax(1) == y).sum())
+                correct += (logits.detach().argmax(1) == y).sum()  # counted on the device: no sync per batch
                 seen += len(y)
                 loss_sum += loss.detach() * len(y)  # for the progress line only
-                if self.unlearn_check == "batch" and correct / seen <= self.clean_threshold:
+                # The authors' per-batch stop reads the running accuracy (one sync a batch, by its nature).
+                if self.unlearn_check == "batch" and correct.item() / seen <= self.clean_threshold:
                     break  # the running accuracy of this epoch so far is low enough: stop mid-epoch
             sched.step()
-            accs.append(correct / seen)
+            accs.append(correct.item() / seen)  # the epoch stop's one read
             progress.update(lambda s=loss_sum, n=seen: {"loss": s.item() / n, "acc": accs[-1]})
             if accs[-1] <= self.clean_threshold:
                 break
@@ -134,7 +135,7 @@ class RNP(MaskPruningDefense):
         accs: list[float] = []
         progress = Progress("rnp recover", self.recover_epochs, logger=log)
         for _ in range(self.recover_epochs):
-            correct, seen, loss_sum = 0, 0, torch.zeros((), device=data.device)
+            correct, seen, loss_sum = device_sum(data.device, torch.long), 0, torch.zeros((), device=data.device)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 with data.precision.autocast(data.device):
                     logits = net(x)
@@ -143,10 +144,10 @@ class RNP(MaskPruningDefense):
                 loss.backward()
                 opt.step()
                 clamp_unit(masks)
-                correct += int((logits.argmax(1) == y).sum())
+                correct += (logits.detach().argmax(1) == y).sum()  # counted on the device: no sync per batch
                 seen += len(y)
                 loss_sum += loss.detach() * len(y)  # for the progress line only
-            accs.append(correct / seen)
+            accs.append(correct.item() / seen)  # one read an epoch
             progress.update(lambda s=loss_sum, n=seen: {"loss": s.item() / n, "acc": accs[-1]})
         progress.close()
         return mask_values(net), {"epochs": self.recover_epochs, "acc_per_epoch": [round(a, 4) for a in accs]}

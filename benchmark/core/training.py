@@ -92,6 +92,13 @@ def epoch_batches(
         yield to_input(x), data.y[idx]
 
 
+def device_sum(device: torch.device, dtype: torch.dtype = torch.float64) -> Tensor:
+    """A zero that lives on `device`, for running sums in a hot loop: adding a batch's loss or count to it does not
+    wait for the GPU, as `float(loss)` or `int(count)` would each batch; it is read once, when a figure is due.
+    fp64 by default, so that a sum of fp32 losses is what Python's float sum of them was."""
+    return torch.zeros((), device=device, dtype=dtype)
+
+
 def lr_lambda(recipe: TrainRecipe, steps_per_epoch: int) -> Callable[[int], float]:
     """Learning-rate factor per optimiser step: linear warm-up, then the chosen schedule."""
     total = recipe.epochs * steps_per_epoch
