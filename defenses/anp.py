@@ -68,14 +68,16 @@ class ANP(MaskPruningDefense):
         mask_opt = torch.optim.SGD(masks, lr=self.mask_lr, momentum=self.mask_momentum)
         noise_opt = torch.optim.SGD(noises, lr=self.eps / self.steps)
         net.train()
+        forward = data.compilation.wrap(net, data.device)  # `net` itself unless `compile` asks otherwise
         batches = endless_batches(data.images, self.batch_size, data, gen)
         nat_sum = rob_sum = torch.zeros((), device=data.device)
         progress = Progress("anp masks", self.iterations, "iteration", logger=log)
         for i in range(self.iterations):
             x, y = next(batches)
+            data.compilation.step(data.device)
             if self.eps > 0:
-                self._perturb(net, layers, noises, noise_opt, x, y, gen, data.precision)
-            loss_nat, loss_rob = self._mask_losses(net, layers, x, y, data.precision)
+                self._perturb(forward, layers, noises, noise_opt, x, y, gen, data.precision)
+            loss_nat, loss_rob = self._mask_losses(forward, layers, x, y, data.precision)
             loss = self.alpha * loss_nat + (1 - self.alpha) * loss_rob
             mask_opt.zero_grad(set_to_none=True)
             loss.backward()

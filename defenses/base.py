@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from benchmark.core.augment import AugmentSpec
+from benchmark.core.compilation import EAGER, Compilation
 from benchmark.core.data import ImageSet
 from benchmark.core.precision import AUTO, Precision
 from benchmark.core.validation import Checked
@@ -39,13 +40,15 @@ class LearnedStore(Protocol):
 @dataclass(frozen=True)
 class DefenseData:
     """What a defense may use: clean images (on the compute device), their augmentation, the class count,
-    the precision its forward passes run in, and (optionally) a store for what it learned."""
+    the precision its forward passes run in, (optionally) a store for what it learned, and whether its hot loops
+    run compiled."""
 
     images: ImageSet
     augment: AugmentSpec
     num_classes: int
     precision: Precision = AUTO  # the run's precision: every forward pass of the defense autocasts through it
     store: LearnedStore | None = None  # None: learn every time (the method tests)
+    compilation: Compilation = EAGER  # the run's `compile`: how RNP and ANP run their masked model
 
     @property
     def device(self) -> torch.device:

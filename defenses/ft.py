@@ -58,6 +58,7 @@ class FineTuning(Defense):
             desc="fine-tuning",
             drop_last=False,
             precision=data.precision,
+            compilation=data.compilation,
         )
         return {
             "finetune_epochs": self.epochs,

@@ -82,13 +82,15 @@ class RNP(MaskPruningDefense):
             weight_decay=self.unlearn_weight_decay,
         )
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, self.unlearn_milestones, 0.1)
+        forward = data.compilation.wrap(net, data.device)  # `net` itself unless `compile` asks otherwise
         accs: list[float] = []
         progress = Progress("rnp unlearn", self.unlearn_epochs, logger=log)
         for _ in range(self.unlearn_epochs):
             correct, seen, loss_sum = device_sum(data.device, torch.long), 0, torch.zeros((), device=data.device)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
+                data.compilation.step(data.device)
                 with data.precision.autocast(data.device):
-                    logits = net(x)
+                    logits = forward(x)
                     loss = -F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -132,13 +134,15 @@ class RNP(MaskPruningDefense):
             m.requires_grad_(True)
         net.train()
         opt = torch.optim.SGD(masks, lr=self.recover_lr, momentum=self.recover_momentum)
+        forward = data.compilation.wrap(net, data.device)
         accs: list[float] = []
         progress = Progress("rnp recover", self.recover_epochs, logger=log)
         for _ in range(self.recover_epochs):
             correct, seen, loss_sum = device_sum(data.device, torch.long), 0, torch.zeros((), device=data.device)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
+                data.compilation.step(data.device)
                 with data.precision.autocast(data.device):
-                    logits = net(x)
+                    logits = forward(x)
                     loss = self.alpha * F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

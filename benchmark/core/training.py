@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from benchmark.core.archs import to_input
 from benchmark.core.augment import AugmentSpec, random_crop_flip
+from benchmark.core.compilation import EAGER, Compilation
 from benchmark.core.data import ImageSet
 from benchmark.core.precision import AUTO, Precision
 from benchmark.core.progress import Progress
@@ -66,7 +67,7 @@ class TrainRecipe(Checked):
     label_smoothing: float = bounded(0.0, 0.0, 1.0)
     # How training runs, not what it produces (kept out of model cache keys, see RUNTIME_FIELDS):
     eval_every: int = bounded(0, 0)  # test metrics every N epochs for the history (0: never; they cost time)
-    compile: bool = False  # torch.compile the forward pass: pays off only on long GPU runs
+    compile: bool = False  # torch.compile the forward pass (mode default; the run's `compile` setting also does)
 
 
 # TrainRecipe fields that do not change the trained model, so cache keys leave them out.
@@ -128,6 +129,7 @@ def train_classifier(
     drop_last: bool = True,
     monitor: Callable[[nn.Module], dict[str, float]] | None = None,
     precision: Precision = AUTO,
+    compilation: Compilation = EAGER,
 ) -> list[dict[str, float]]:
     """Train `model` in place on `data` (on the model's device); returns per-epoch loss and accuracy.
 
@@ -149,7 +151,10 @@ def train_classifier(
     steps_per_epoch = max(1, len(data) // recipe.batch_size if drop_last else math.ceil(len(data) / recipe.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(recipe, steps_per_epoch))
     history, step = [], 0
-    forward = torch.compile(model) if recipe.compile else model  # shares `model`'s parameters
+    if compilation.enabled:
+        forward = compilation.wrap(model, device)  # shares `model`'s parameters
+    else:
+        forward = torch.compile(model) if recipe.compile else model
     progress = Progress(desc, recipe.epochs, logger=log)
     for epoch in range(recipe.epochs):
         model.train()
@@ -158,6 +163,7 @@ def train_classifier(
         seen = 0
         for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=drop_last):
             x, y = hook.batch(x, y, step)
+            compilation.step(device)
             with precision.autocast(device):
                 logits = forward(x)
                 loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)

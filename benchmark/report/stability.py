@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchmark.report.table import Cell, file_safe
 from benchmark.run.record import flatten
@@ -116,14 +117,31 @@ def stabilities(cells: Sequence[Cell], max_asr: float = MAX_ASR, max_ca_cost: fl
     return out
 
 
+HEAT_CMAP = "RdYlGn_r"  # ASR 0 green, 100 red
+HATCH_WIDTH = 1.8  # points: hairline hatching vanishes when a page shows the image scaled down
+
+
+def hatch_ink(rgba: Sequence[float]) -> str:
+    """Hatch colour that stands out on a cell of colour `rgba`: white on dark cells, near-black on light ones."""
+    r, g, b = rgba[:3]
+    return "white" if 0.299 * r + 0.587 * g + 0.114 * b < 0.55 else "0.1"
+
+
 def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Path | None:
-    """The knob grid coloured by mean ASR, hatched where the cost exceeds its bound, each square labelled
-    ASR / cost (%) and `ok` where all cells passed;
+    """The knob grid coloured by mean ASR, hatched and outlined where the cost exceeds its bound, each square
+    labelled ASR / cost (%) and `ok` where all cells passed;
     one knob gives a strip, two a grid; more than two knobs get no picture (None). Needs matplotlib."""
     if len(s.knobs) > 2:
         return None
     from benchmark.report.plots import plt, save_figure
 
+    with plt.rc_context({"hatch.linewidth": HATCH_WIDTH}):  # read when drawn (older matplotlib) or made (newer)
+        return _draw_heatmap(plt, save_figure, path, s, max_asr, max_ca_cost)
+
+
+def _draw_heatmap(
+    plt: Any, save_figure: Any, path: Path, s: Stability, max_asr: float, max_ca_cost: float
+) -> Path | None:
     xs = s.axis(0)
     ys = s.axis(1) if len(s.knobs) == 2 else [""]
     grid: list[list[float]] = [[float("nan")] * len(xs) for _ in ys]
@@ -142,8 +160,10 @@ def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Pat
             bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
         )
         if p.cost > max_ca_cost:  # a low ASR bought with clean accuracy must not read as a green success
-            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="0.92", lw=0))
-    image = ax.imshow(grid, cmap="RdYlGn_r", vmin=0, vmax=100, aspect="auto", origin="lower")
+            ink = hatch_ink(plt.get_cmap(HEAT_CMAP)(p.asr))
+            ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor=ink, lw=0))
+            ax.add_patch(plt.Rectangle((j - 0.47, i - 0.47), 0.94, 0.94, fill=False, edgecolor=ink, lw=1.5))
+    image = ax.imshow(grid, cmap=HEAT_CMAP, vmin=0, vmax=100, aspect="auto", origin="lower")
     fig.colorbar(image, ax=ax, label="ASR after (%)")
     ax.set_xticks(range(len(xs)), xs, fontsize=7)
     ax.set_yticks(range(len(ys)), ys, fontsize=7)
@@ -152,7 +172,7 @@ def heatmap(path: Path, s: Stability, max_asr: float, max_ca_cost: float) -> Pat
     ax.set_title(
         f"{s.defense} on {s.dataset}/{s.arch}/{s.attack}: stability {s.score:.2f}\n"
         f"cell: ASR / clean-acc cost (%); ok: ASR <= {100 * max_asr:g} at cost <= {100 * max_ca_cost:g}; "
-        f"hatched: cost > {100 * max_ca_cost:g}",
+        f"hatched and framed: cost > {100 * max_ca_cost:g}",
         fontsize=8,
     )
     fig.tight_layout()

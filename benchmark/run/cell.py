@@ -121,7 +121,7 @@ def learned_store(rc: RunConfig, device: torch.device) -> LearnedCache | None:
         return None
     cache = Path(rc.paths.cache).expanduser()
     root = cache if not cache.is_dir() or write_probe(cache) is None else own_cache(rc)
-    return LearnedCache(root / "learned", runtime_info(device, rc.precision))
+    return LearnedCache(root / "learned", runtime_info(device, rc.precision, rc.compilation))
 
 
 def reused_seconds(info: dict[str, Any]) -> float | None:
@@ -166,7 +166,7 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
     implant = implant_record(rc, before)
     with timed(timing, "defense"):
         store = learned_store(rc, device)
-        defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision, store)
+        defense_data = DefenseData(data.defense, rc.augment, rc.dataset.num_classes, precision, store, rc.compilation)
         out = rc.defense(model, defense_data, Streams(rc.seed).defense(device))
     reused = reused_seconds(out.info)
     if reused is not None:  # the learning this cell took from the cache: the defense's cost, not spent here
@@ -193,7 +193,7 @@ def run_cell(rc: RunConfig, run_dir: Path, device: torch.device) -> dict[str, An
         curve_rows,
         timing,
         config,
-        runtime_info(device, precision),
+        runtime_info(device, precision, rc.compilation),
     )
     result["premise"] = premise_verdict(rc.key.defense, out.info.get("diagnostics"))
     log.info("premise of %s: %s", rc.key.defense, result["premise"])

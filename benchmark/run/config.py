@@ -22,6 +22,7 @@ from omegaconf.errors import OmegaConfBaseException
 from attacks.base import Attack
 from benchmark.core.archs import arch_names
 from benchmark.core.augment import AugmentSpec
+from benchmark.core.compilation import COMPILE_MODES, EAGER, Compilation
 from benchmark.core.errors import ConfigError
 from benchmark.core.io import write_probe
 from benchmark.core.precision import AUTO, PRECISIONS, Precision
@@ -96,6 +97,7 @@ class RunConfig:
     device: str = "auto"
     threads: int | str | None = None
     precision: Precision = AUTO
+    compilation: Compilation = EAGER  # `compile`
     resume: bool = True
     reuse_learned: bool = True
     sweep_name: str = "default"
@@ -223,6 +225,9 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
     reuse = cfg.get("reuse_learned", True)
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is invalid: choose from {', '.join(PRECISIONS)}")
+    compile_mode = cfg.get("compile", "eager")
+    if compile_mode not in COMPILE_MODES or isinstance(compile_mode, bool):  # YAML reads a bare off/no as false
+        raise ConfigError(f"compile={compile_mode!r} is invalid: choose from {', '.join(COMPILE_MODES)}")
     for name, value in (("resume", resume), ("reuse_learned", reuse)):
         if not isinstance(value, bool):
             raise ConfigError(f"{name}={value!r} is invalid: expected true or false")
@@ -231,6 +236,7 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
         "threads": check_threads(threads),
         "device": str(cfg.get("device", "auto")),
         "precision": precision,
+        "compilation": compile_mode,
         "resume": resume,
         "reuse_learned": reuse,
         "sweep_name": str(cfg.get("sweep_name", "default")),
@@ -286,7 +292,7 @@ def _build_run_config(cfg: DictConfig, choices: Mapping[str, Any] | None) -> Run
         paths=typed_section(PathsConfig, cfg.paths, "paths"),
         defense_data=defense_data,
         eval=typed_section(EvalConfig, cfg.eval, "eval"),
-        **{**scalars, "precision": Precision(scalars["precision"])},
+        **{**scalars, "precision": Precision(scalars["precision"]), "compilation": Compilation(scalars["compilation"])},
         resolved=_plain(cfg),
     )
 

@@ -146,9 +146,11 @@ def train_clean(job: Job, model: nn.Module) -> dict[str, Any]:
         Streams(rc.seed).train(device),
         desc="clean training",
         precision=rc.precision,
+        compilation=rc.compilation,
     )
     seconds = round(time.perf_counter() - start, 3)
-    return {"train_history": history, "train_seconds": seconds, "runtime": runtime_info(device, rc.precision)}
+    runtime = runtime_info(device, rc.precision, rc.compilation)
+    return {"train_history": history, "train_seconds": seconds, "runtime": runtime}
 
 
 def own_cache(rc: RunConfig) -> Path:
@@ -201,6 +203,7 @@ def train_backdoored(job: Job, model: nn.Module) -> Trained:
         desc="backdoor training",
         monitor=lambda m: _test_metrics(m, rc, data),
         precision=rc.precision,
+        compilation=rc.compilation,
     )
     meta = {
         "train_history": history,
@@ -208,7 +211,7 @@ def train_backdoored(job: Job, model: nn.Module) -> Trained:
         "attack_prepare_seconds": round(prepare_seconds, 3),
         "poisoned": len(poisoned.index),
         "cover": len(poisoned.cover),
-        "runtime": runtime_info(device, rc.precision),
+        "runtime": runtime_info(device, rc.precision, rc.compilation),
     }
     return Trained(meta, attack.trigger_state())
 

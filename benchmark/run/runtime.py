@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from benchmark import CONF_DIR
+from benchmark.core.compilation import EAGER, Compilation
 from benchmark.core.errors import ConfigError
 from benchmark.core.precision import Precision, cpu_name, warn_if_slow
 
@@ -160,12 +161,15 @@ def start_runtime(rc: RunConfig, device_name: str | None = None) -> torch.device
     return setup_runtime(rc.seed, device_name or rc.device, rc.threads, rc.precision)
 
 
-def runtime_info(device: torch.device, precision: Precision) -> dict[str, Any]:
-    """How the numbers were computed: device, CPU model, precision and threads (they move the last digits)."""
+def runtime_info(device: torch.device, precision: Precision, compilation: Compilation = EAGER) -> dict[str, Any]:
+    """How the numbers were computed: device, CPU model, precision, compiling (named only when on, so that records
+    and cache keys from before the setting stay as they were) and threads (they move the last digits)."""
+    mode = compilation.resolved(device)
     return {
         "device": str(device),
         "cpu": cpu_name(),
         "precision": precision.resolved(device),
+        **({"compile": mode} if mode != "eager" else {}),
         "torch_threads": torch.get_num_threads(),
         **_CHOSEN_THREADS,
     }

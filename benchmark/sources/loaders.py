@@ -175,7 +175,7 @@ def _resize_pil_dataset(dataset: torch.utils.data.Dataset, size: int) -> ImageSe
     """One-off conversion of a PIL dataset to a uint8 tensor (runs once, then the tensor file is used)."""
     images, labels = [], []
     for img, label in dataset:  # type: ignore[attr-defined]
-        arr = np.asarray(img.convert("RGB").resize((size, size)), dtype=np.uint8)
+        arr = np.array(img.convert("RGB").resize((size, size)), dtype=np.uint8)  # a writable copy (torch needs one)
         images.append(torch.from_numpy(arr).permute(2, 0, 1))
         labels.append(int(label))
     return ImageSet(torch.stack(images), torch.tensor(labels))

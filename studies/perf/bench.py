@@ -1,7 +1,7 @@
 """Performance benchmark: how fast this harness runs a cell on the device it runs on.
 
     python -m studies.perf [--device auto|cpu|cuda|cuda:N] [--size full|cpu-reduced|tiny] [--out FILE]
-                             [--threads N] [--seed N] [--compile] [--precision auto|fp32|bf16] [--profile]
+                             [--threads N] [--seed N] [--compile [MODE]] [--precision auto|fp32|bf16] [--profile]
 
 Fixed workload: CIFAR-shaped synthetic data (3x32x32 uint8, 10 classes, BadNets at 10%) and ResNet-18.
 Measures backdoor training throughput, evaluation throughput, RNP and ANP end to end (with their
@@ -25,6 +25,7 @@ import copy
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import resource
@@ -49,6 +50,7 @@ from attacks.poison import poison_train_split, triggered_test
 from benchmark import CONF_DIR
 from benchmark.core.archs import build_classifier
 from benchmark.core.augment import AugmentSpec
+from benchmark.core.compilation import COMPILE_MODES, EAGER, Compilation
 from benchmark.core.data import ImageSet, TriggeredSet
 from benchmark.core.errors import BenchmarkError, ConfigError, stop_interrupted
 from benchmark.core.evaluate import Metrics, evaluate
@@ -241,19 +243,18 @@ def new_model(w: Workload, device: torch.device) -> nn.Module:
 
 
 def bench_training(
-    model: nn.Module, data: BenchData, w: Workload, compile_model: bool, seed: int, precision: Precision
+    model: nn.Module, data: BenchData, w: Workload, compilation: Compilation, seed: int, precision: Precision
 ) -> dict[str, Any]:
     """One warm-up epoch (cudnn autotuning, compilation), then `train_epochs` timed epochs."""
     device = data.train.x.device
     gen = torch.Generator(device).manual_seed(seed)
-    recipe = TrainRecipe(epochs=1, batch_size=w.train_batch, lr=0.05, warmup_epochs=0.5, compile=compile_model)
+    recipe = TrainRecipe(epochs=1, batch_size=w.train_batch, lr=0.05, warmup_epochs=0.5)
+    how = {"precision": precision, "compilation": compilation}
     with stopwatch(device) as warm:
-        train_classifier(model, data.train, recipe, AugmentSpec(), gen, desc="perf warm-up", precision=precision)
+        train_classifier(model, data.train, recipe, AugmentSpec(), gen, desc="perf warm-up", **how)
     timed = dataclasses.replace(recipe, epochs=w.train_epochs, warmup_epochs=0.0)
     with stopwatch(device) as t:
-        history = train_classifier(
-            model, data.train, timed, AugmentSpec(), gen, desc="perf training", precision=precision
-        )
+        history = train_classifier(model, data.train, timed, AugmentSpec(), gen, desc="perf training", **how)
     per_epoch = (len(data.train) // w.train_batch) * w.train_batch  # drop_last
     return {
         "images_per_s": round(per_epoch * w.train_epochs / t["s"], 1),
@@ -266,11 +267,11 @@ def bench_training(
 
 
 def bench_eval(
-    model: nn.Module, data: BenchData, w: Workload, compile_model: bool, precision: Precision
+    model: nn.Module, data: BenchData, w: Workload, compilation: Compilation, precision: Precision
 ) -> tuple[dict[str, Any], Metrics]:
     """Clean + triggered test sets in one `evaluate` call, once untimed, then `eval_repeats` times."""
     device = data.test.x.device
-    net = torch.compile(model) if compile_model else model
+    net = compilation.wrap(model, device)
     metrics = evaluate(net, data.test, data.triggered, w.eval_batch, precision)
     with stopwatch(device) as t:
         for _ in range(w.eval_repeats):
@@ -285,12 +286,27 @@ def bench_eval(
 
 
 def bench_defense(
-    defense: Defense, model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision
+    defense: Defense,
+    model: nn.Module,
+    data: BenchData,
+    w: Workload,
+    seed: int,
+    precision: Precision,
+    compilation: Compilation = EAGER,
+    warmup: Defense | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The defense, then its whole threshold curve evaluated as `benchmark.run.cell` does; seconds of each."""
+    """The defense, then its whole threshold curve evaluated as `benchmark.run.cell` does; seconds of each.
+
+    Compiled, `warmup` (the same defense with its loops cut short) runs first, untimed in `seconds`: it compiles
+    the graphs the timed run replays; its seconds are reported apart (`compile_warmup_s`), a cost paid once per
+    process and shape (inductor also caches on disk)."""
     device = data.test.x.device
     gen = torch.Generator(device).manual_seed(seed)
-    dd = DefenseData(data.defense, AugmentSpec(), w.num_classes, precision)
+    dd = DefenseData(data.defense, AugmentSpec(), w.num_classes, precision, compilation=compilation)
+    warm: dict[str, float] = {}
+    if compilation.enabled and warmup is not None:
+        with stopwatch(device) as warm:
+            warmup(model, dd, torch.Generator(device).manual_seed(seed))
     with stopwatch(device) as t_def:
         out = defense(model, dd, gen)
     with stopwatch(device) as t_curve:
@@ -301,9 +317,12 @@ def bench_defense(
         "curve_s": round(t_curve["s"], 3),
         "curve_points": len(rows),
         "curve_models_evaluated": len({p.key for p in out.curve}),
+        **({"compile_warmup_s": round(warm["s"], 3)} if warm else {}),
     }
     return figures, out.info
 
+
+SKIPPABLE = ("defenses", "reference")  # phases a run may leave out (--skip); training, evaluation, RNP, ANP always run
 
 # The grid's other defenses, timed at their configured settings (conf/defense/<name>.yaml) for the projection.
 OTHER_DEFENSES = ("fp", "clp", "nad", "ft", "ibau")
@@ -322,13 +341,16 @@ def configured_defense(name: str, debug: bool = False, conf_dir: Path = Path(CON
 
 
 def bench_other_defenses(
-    model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision
+    model: nn.Module, data: BenchData, w: Workload, seed: int, precision: Precision, compilation: Compilation = EAGER
 ) -> dict[str, dict[str, Any]]:
     """Seconds of each of OTHER_DEFENSES (defense + its curve), as for RNP and ANP; the smoke-test size
     runs them shrunk as `debug=default` does (said in each figure)."""
     debug = w.size == "tiny"
     return {
-        d: {**bench_defense(configured_defense(d, debug), model, data, w, seed, precision)[0], "debug": debug}
+        d: {
+            **bench_defense(configured_defense(d, debug), model, data, w, seed, precision, compilation)[0],
+            "debug": debug,
+        }
         for d in OTHER_DEFENSES
     }
 
@@ -459,15 +481,15 @@ def targets(device: torch.device, w: Workload, f: dict[str, Any]) -> list[dict[s
             continue
         v: Any = f
         for key in t["path"].split("."):
-            v = v[key]
-        met = v >= t["value"] if t["op"] == ">=" else v <= t["value"]
+            v = v.get(key) if isinstance(v, dict) else None
+        met = None if v is None else v >= t["value"] if t["op"] == ">=" else v <= t["value"]
         rows.append({"figure": t["figure"], "measured": v, "target": f"{t['op']} {t['value']:g}", "met": met})
-    return rows
+    return rows  # measured None: the run skipped the phase that gives it (--skip)
 
 
 def summary(result: dict[str, Any]) -> str:
     d, w, f = result["device"], result["workload"], result["figures"]
-    rnp, anp, ref = f["rnp"], f["anp"], f["reference_rnp"]
+    rnp, anp = f["rnp"], f["anp"]
     mem = f["peak_memory"]
     lines = [
         f"perf on {d.get('name', d['cpu'])} ({d['type']}, {d['torch_threads']} torch threads, load average "
@@ -478,24 +500,21 @@ def summary(result: dict[str, Any]) -> str:
         f"  evaluation   {f['eval']['images_per_s']:>10,.0f} img/s   (batch {f['eval']['batch_size']})",
         f"  RNP          {rnp['seconds']:>10.2f} s       defense {rnp['defense_s']:.2f} + curve {rnp['curve_s']:.2f} "
         f"({rnp['unlearn_epochs']} unlearn + {rnp['recover_epochs']} recover epochs, "
-        f"{rnp['curve_models_evaluated']}/{rnp['curve_points']} curve models evaluated)",
+        f"{rnp['curve_models_evaluated']}/{rnp['curve_points']} curve models evaluated){_warm(rnp)}",
         f"  ANP          {anp['seconds']:>10.2f} s       defense {anp['defense_s']:.2f} + curve {anp['curve_s']:.2f} "
-        f"({anp['iterations']} iterations, {1000 * anp['defense_s_per_iteration']:.1f} ms each)",
-        f"  reference    {ref['seconds']:>10.2f} s       RNP the reference's way, "
-        f"{f['ratio_reference_over_ours']:.1f}x ours; a threshold of its sweep {ref['sweep_s_per_threshold']:.2f} s, "
-        f"of which {ref['test_loading_s_per_evaluation']:.2f} s is the per-sample test loading alone",
-        f"  reference phases: loaders {ref['loaders_s']:.2f} s, setup {ref['setup_s']:.2f} s; per phase "
-        "reference / ours (ratio), an epoch with its test evaluation as the authors' log times it:",
-        *_phase_lines(f["phases_reference_vs_ours"], ref),
-        "  others       " + ", ".join(f"{d} {v['seconds']:.2f} s" for d, v in f["defenses"].items()),
-        *_projection_lines(f["grid_projection"]),
+        f"({anp['iterations']} iterations, {1000 * anp['defense_s_per_iteration']:.1f} ms each){_warm(anp)}",
+        *(_reference_lines(f) if "reference_rnp" in f else ["  reference    skipped (--skip reference)"]),
+        *(
+            ["  others       " + ", ".join(f"{d} {v['seconds']:.2f} s" for d, v in f["defenses"].items())]
+            if "defenses" in f
+            else ["  others       skipped (--skip defenses), and with them the grid projection"]
+        ),
+        *(_projection_lines(f["grid_projection"]) if "grid_projection" in f else []),
         f"  peak memory  {mem['cell_peak_mb']:>10,.0f} MB      ({mem['kind']})",
         f"  backdoored model: clean acc {f['model']['clean_acc']:.3f}, ASR {f['model']['asr']:.3f}",
     ]
-    lines += [
-        f"  target {t['figure']} {t['target']}: {t['measured']} ({'met' if t['met'] else 'MISSED'})"
-        for t in result["targets"]
-    ]
+    verdict = {True: "met", False: "MISSED", None: "not measured: its phase was skipped"}
+    lines += [f"  target {t['figure']} {t['target']}: {t['measured']} ({verdict[t['met']]})" for t in result["targets"]]
     for name, p in result.get("profile", {}).items():
         top = ", ".join(f"{r['op']} {100 * r['share']:.0f}%" for r in p["top"][:3])
         lines.append(
@@ -505,6 +524,23 @@ def summary(result: dict[str, Any]) -> str:
     if "profile" in result:
         lines.append("  (profiled run: its timings include the profiler's overhead)")
     return "\n".join(lines)
+
+
+def _warm(figures: dict[str, Any]) -> str:
+    s = figures.get("compile_warmup_s")
+    return "" if s is None else f"; compiling first (untimed above): {s:.1f} s"
+
+
+def _reference_lines(f: dict[str, Any]) -> list[str]:
+    ref = f["reference_rnp"]
+    return [
+        f"  reference    {ref['seconds']:>10.2f} s       RNP the reference's way, "
+        f"{f['ratio_reference_over_ours']:.1f}x ours; a threshold of its sweep {ref['sweep_s_per_threshold']:.2f} s, "
+        f"of which {ref['test_loading_s_per_evaluation']:.2f} s is the per-sample test loading alone",
+        f"  reference phases: loaders {ref['loaders_s']:.2f} s, setup {ref['setup_s']:.2f} s; per phase "
+        "reference / ours (ratio), an epoch with its test evaluation as the authors' log times it:",
+        *_phase_lines(f["phases_reference_vs_ours"], ref),
+    ]
 
 
 def _projection_lines(g: dict[str, Any]) -> list[str]:
@@ -540,55 +576,66 @@ def run(
     w: Workload,
     device: torch.device,
     seed: int = 0,
-    compile_model: bool = False,
+    compilation: Compilation = EAGER,
     profile: bool = False,
     precision: Precision = AUTO,
+    skip: frozenset[str] = frozenset(),
+    out: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every phase on `device` and return the result (the JSON object)."""
+    """Run every phase on `device` (but those in `skip`, from SKIPPABLE) and return the result (the JSON object).
+
+    With `out`, the figures so far are written there after each phase (`"complete": false`), so that a run
+    stopped by a time limit still leaves what it measured; the whole result replaces them at the end."""
     info = device_info(device)
     mem, prof = PeakMemory(device), PhaseProfile(device, profile)
+    figures: dict[str, Any] = {}
+    options = {"compile": compilation.resolved(device), "seed": seed, "precision": precision.resolved(device)}
 
     @contextlib.contextmanager
     def phase(name: str) -> Iterator[None]:
         with mem.phase(name), prof.phase(name):
             yield
+        if out is not None:
+            partial = {"complete": False, "last_phase": name, "device": info, "options": options, "figures": figures}
+            atomic_write_json(out, clean_floats(partial))
 
     started = time.perf_counter()
     data = make_data(w, device, seed)
     model = new_model(w, device)
     with phase("train"):
-        train = bench_training(model, data, w, compile_model, seed, precision)
+        figures["train"] = bench_training(model, data, w, compilation, seed, precision)
     with phase("eval"):
-        evaluation, metrics = bench_eval(model, data, w, compile_model, precision)
+        figures["eval"], metrics = bench_eval(model, data, w, compilation, precision)
     rnp = RNP(batch_size=w.defense_batch, unlearn_epochs=w.rnp_unlearn_epochs, recover_epochs=w.rnp_recover_epochs)
     with phase("rnp"):
-        rnp_figures, rnp_info = bench_defense(rnp, model, data, w, seed, precision)
-    rnp_figures.update(unlearn_epochs=rnp_info["unlearn"]["epochs"], recover_epochs=rnp.recover_epochs)
+        warm = dataclasses.replace(rnp, unlearn_epochs=1, recover_epochs=1)  # every batch shape of an epoch
+        rnp_figures, rnp_info = bench_defense(rnp, model, data, w, seed, precision, compilation, warm)
+        rnp_figures.update(unlearn_epochs=rnp_info["unlearn"]["epochs"], recover_epochs=rnp.recover_epochs)
+        figures["rnp"] = rnp_figures
     anp = ANP(batch_size=w.defense_batch, iterations=w.anp_iterations)
     with phase("anp"):
-        anp_figures, _ = bench_defense(anp, model, data, w, seed, precision)
-    per_iteration = round(anp_figures["defense_s"] / anp.iterations, 5)
-    anp_figures.update(iterations=anp.iterations, defense_s_per_iteration=per_iteration)
-    with phase("defenses"):
-        others = bench_other_defenses(model, data, w, seed, precision)
-    with phase("reference_rnp"):
-        reference = bench_reference(model, data, w, rnp, rnp_figures["unlearn_epochs"])
-    figures = {
-        "train": train,
-        "eval": evaluation,
-        "rnp": rnp_figures,
-        "anp": anp_figures,
-        "defenses": others,
-        "reference_rnp": reference,
-        "ratio_reference_over_ours": round(reference["seconds"] / rnp_figures["seconds"], 2),
-        "phases_reference_vs_ours": phase_comparison(rnp_figures, rnp_info, reference),
-        "peak_memory": mem.summary(("train", "eval", "rnp", "anp", "defenses")),
-        "model": {k: round(v, 4) for k, v in metrics.as_dict().items()},
-    }
-    figures["grid_projection"] = grid_projection(figures, w, len(data.triggered.images))
+        warm = dataclasses.replace(anp, iterations=math.ceil(w.defense_images / w.defense_batch) + 1)
+        anp_figures, _ = bench_defense(anp, model, data, w, seed, precision, compilation, warm)
+        per_iteration = round(anp_figures["defense_s"] / anp.iterations, 5)
+        anp_figures.update(iterations=anp.iterations, defense_s_per_iteration=per_iteration)
+        figures["anp"] = anp_figures
+    if "defenses" not in skip:
+        with phase("defenses"):
+            figures["defenses"] = bench_other_defenses(model, data, w, seed, precision, compilation)
+    if "reference" not in skip:
+        with phase("reference_rnp"):
+            reference = bench_reference(model, data, w, rnp, rnp_figures["unlearn_epochs"])
+            figures["reference_rnp"] = reference
+            figures["ratio_reference_over_ours"] = round(reference["seconds"] / rnp_figures["seconds"], 2)
+            figures["phases_reference_vs_ours"] = phase_comparison(rnp_figures, rnp_info, reference)
+    figures["peak_memory"] = mem.summary(("train", "eval", "rnp", "anp", "defenses"))
+    figures["model"] = {k: round(v, 4) for k, v in metrics.as_dict().items()}
+    if "defenses" in figures:  # the projection prices every defense of the grid
+        figures["grid_projection"] = grid_projection(figures, w, len(data.triggered.images))
     result = {
         "schema": SCHEMA,
         "benchmark": "perf",
+        "complete": True,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": {**info, "load_average_at_end": [round(v, 2) for v in os.getloadavg()]},
         "workload": {
@@ -597,19 +644,14 @@ def run(
             "data": "synthetic CIFAR-shaped uint8 (class prototypes + noise), BadNets 3x3 patch, 10% poisoned",
             "ours": "uint8 data on the device, batched augmentation, large eval batches under inference mode, "
             f"{'bf16 autocast' if precision.resolved(device) == 'bf16' else 'fp32'}, channels_last"
-            + (", torch.compile" if compile_model else ""),
+            + (f", torch.compile ({compilation.resolved(device)})" if compilation.enabled else ""),
             "reference": f"per-sample Datasets + torchvision transforms (defense: PIL crop + flip; test: numpy "
             f"ToTensor + Normalize), DataLoaders (main process) of batch {w.defense_batch} (defense) / "
             f"{REFERENCE_TEST_BATCH} (test), fp32 NCHW, clean + poisoned test evaluation (both without the "
             "target class) after every unlearning and recovery epoch, of the unpruned model, and per threshold",
             "rnp_seconds_cover": "defense (unlearn + recover + pruning) + evaluation of every curve point",
         },
-        "options": {
-            "compile": compile_model,
-            "seed": seed,
-            "precision": precision.resolved(device),
-            "profile": profile,
-        },
+        "options": {**options, "profile": profile, "skip": sorted(skip)},
         "figures": figures,
         "versions": all_versions(),
         "wall_s": round(time.perf_counter() - started, 1),
@@ -627,11 +669,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, help="also write the JSON here (atomically)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--compile", action="store_true", help="torch.compile training and evaluation")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const="reduce-overhead",
+        default="eager",
+        choices=COMPILE_MODES,
+        help="torch.compile training, evaluation and RNP's and ANP's loops as the harness's `compile` does "
+        "(bare --compile: reduce-overhead, CUDA graphs on a GPU; default: eager)",
+    )
     parser.add_argument(
         "--precision", choices=PRECISIONS, default="auto", help="as the harness's `precision` (default: auto)"
     )
     parser.add_argument("--profile", action="store_true", help="add the top operators of each phase (slower)")
+    parser.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated phases left out, from {', '.join(SKIPPABLE)}: the other defenses (and with them the "
+        "grid projection), the reference re-creation (and the ratio); e.g. a second, compiled run",
+    )
     return parser.parse_args(argv)
 
 
@@ -643,11 +699,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device = setup_runtime(args.seed, args.device, args.threads, args.precision)
         size = args.size or ("full" if device.type == "cuda" else "cpu-reduced")
         print(f"perf: measuring the {size} workload on {device}", file=sys.stderr, flush=True)
-        result = run(SIZES[size], device, args.seed, args.compile, args.profile, Precision(args.precision))
+        compilation, precision = Compilation(args.compile), Precision(args.precision)
+        skip = frozenset(s for s in args.skip.split(",") if s)
+        if skip - set(SKIPPABLE):
+            raise ConfigError(f"--skip={args.skip!r} is invalid: name phases from {', '.join(SKIPPABLE)}")
+        result = run(SIZES[size], device, args.seed, compilation, args.profile, precision, skip, args.out)
     except BenchmarkError as exc:
         sys.exit(f"error: {exc}")
     except KeyboardInterrupt:
-        stop_interrupted("the perf benchmark did not finish; nothing was written", "Rerun it to measure again.")
+        done = args.out is not None and args.out.is_file()
+        kept = f"{args.out} holds the phases it finished" if done else "no phase finished, nothing was written"
+        stop_interrupted(f"the perf benchmark did not finish; {kept}", "Rerun it to measure again.")
     if args.out is not None:
         atomic_write_json(args.out, result)
     print(json.dumps(result, indent=2))

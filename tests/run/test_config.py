@@ -56,6 +56,8 @@ def test_defaults_are_the_paper_cell(tmp_home) -> None:
         ("threads=0", "threads=0 is invalid: expected auto, null or an integer >= 1"),
         ("eval.batch_size=0", "batch_size=0 is out of range"),
         ("precision=fp16", "precision='fp16' is invalid: choose from auto, fp32, bf16"),
+        ("compile=fast", "compile='fast' is invalid: choose from eager, default, reduce-overhead, max-autotune"),
+        ("compile=false", "compile=False is invalid: choose from eager"),
         ("dataset.size=100000", "size=100000 is out of range: allowed [8, 1024]"),
         ("reuse_learned=sometimes", "reuse_learned='sometimes' is invalid: expected true or false"),
         ("resume=2", "resume=2 is invalid: expected true or false"),

@@ -14,6 +14,7 @@ def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.Captur
     out = tmp_path / "perf.json"
     result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(capsys.readouterr().out)
+    assert result["complete"] is True
     f = result["figures"]
     assert result["workload"]["size"] == "tiny" and result["device"]["type"] == "cpu"
     for phase in ("rnp", "anp", "reference_rnp"):
@@ -37,7 +38,7 @@ def test_tiny_perf_run_reports_every_phase(tmp_path: Path, capsys: pytest.Captur
 @pytest.mark.slow  # the profiler's parsing takes ~20 s even on the tiny workload
 def test_profiled_bf16_run_says_where_each_phase_spent_its_time() -> None:
     result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--precision", "bf16", "--profile"])
-    assert result["options"] == {"compile": False, "seed": 0, "precision": "bf16", "profile": True}
+    assert result["options"] == {"compile": "eager", "seed": 0, "precision": "bf16", "profile": True, "skip": []}
     assert set(result["profile"]) == {"train", "eval", "rnp", "anp", "reference_rnp"}
     for table in result["profile"].values():
         assert table["top"] and table["ops_s"] > 0 and sum(r["share"] for r in table["top"]) <= 1.0 + 1e-6
@@ -45,6 +46,47 @@ def test_profiled_bf16_run_says_where_each_phase_spent_its_time() -> None:
     assert any("DataLoader" in r["op"] for r in result["profile"]["reference_rnp"]["top"])
 
 
+def test_a_run_may_skip_the_reference_and_the_other_defenses(capsys: pytest.CaptureFixture[str]) -> None:
+    result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--skip", "defenses,reference"])
+    f = result["figures"]
+    assert result["options"]["skip"] == ["defenses", "reference"]
+    assert f["rnp"]["seconds"] > 0 and f["anp"]["seconds"] > 0 and f["train"]["images_per_s"] > 0
+    assert not {"defenses", "reference_rnp", "ratio_reference_over_ours", "grid_projection"} & set(f)
+    ratio = next(t for t in result["targets"] if t["figure"] == "reference / ours RNP ratio")
+    assert ratio["measured"] is None and ratio["met"] is None
+    err = capsys.readouterr().err
+    assert "reference    skipped" in err and "not measured: its phase was skipped" in err
+
+
+def test_a_run_cut_short_leaves_the_phases_it_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A time limit that stops perf after ANP still leaves training, evaluation, RNP and ANP in --out."""
+    out = tmp_path / "perf.json"
+
+    def stopped(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt  # what a timeout's signal ends in
+
+    monkeypatch.setattr(perf, "bench_other_defenses", stopped)
+    with pytest.raises(SystemExit):
+        perf.main(["--size", "tiny", "--device", "cpu", "--threads", "1", "--out", str(out)])
+    partial = json.loads(out.read_text())
+    assert partial["complete"] is False and partial["last_phase"] == "anp"
+    assert set(partial["figures"]) == {"train", "eval", "rnp", "anp"} and partial["figures"]["anp"]["seconds"] > 0
+
+
+def test_bad_skip_is_refused_naming_the_phases() -> None:
+    with pytest.raises(SystemExit, match="--skip='train' is invalid: name phases from defenses, reference"):
+        perf.main(["--size", "tiny", "--device", "cpu", "--skip", "train"])
+
+
 def test_bad_thread_count_is_refused_naming_the_value() -> None:
     with pytest.raises(SystemExit, match="--threads=0 is invalid"):
         perf.main(["--size", "tiny", "--device", "cpu", "--threads", "0"])
+
+
+@pytest.mark.slow  # compiles ResNet-18's training, evaluation, RNP's and ANP's graphs on the CPU (minutes)
+def test_compiled_run_records_the_mode_it_compiled_in() -> None:
+    result = perf.main(["--size", "tiny", "--device", "cpu", "--threads", "2", "--compile", "--skip", "defenses"])
+    assert result["options"]["compile"] == "default"  # reduce-overhead's CUDA graphs do not exist on the CPU
+    assert "torch.compile (default)" in result["workload"]["ours"]
+    assert result["figures"]["anp"]["seconds"] > 0 and result["figures"]["rnp"]["curve_points"] == 19
+    assert result["figures"]["anp"]["compile_warmup_s"] > 0 and result["figures"]["rnp"]["compile_warmup_s"] > 0
