@@ -13,6 +13,11 @@ into [-eps, eps] after its ascent step (`project_noise: true` does project it).
 Precision: the clean and perturbed forward passes and losses autocast; the masks, the neuron noise, their
 sign steps and their clamps (to [0, 1] and [-eps, eps]) stay fp32, where small mask updates are not rounded
 away (tests/methods/test_precision_parity.py).
+
+Fidelity and speed: eager, the masks are bit for bit those of a loop written from the authors' code on the same
+batches and noise (tests/methods/test_fidelity.py). No value is read to the host inside the loop (the loss means
+only when a progress line is due), and `compile=reduce-overhead` runs the masked model's forward and backward as
+CUDA graphs on a GPU (2,000 iterations of batch 128 are bound by kernel launches there).
 """
 
 from __future__ import annotations

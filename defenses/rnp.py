@@ -16,6 +16,10 @@ pruned model keeps accuracy on a held-out part of the defense data.
 Precision: the unlearning and recovery forward passes and losses autocast (bf16 on CUDA by default); the
 masks, their optimiser steps and their clamps to [0, 1] stay fp32 (bf16 would round a mask step of lr x grad
 away near 1), and so does the pruning (tests/methods/test_precision_parity.py).
+
+Fidelity and speed: eager, the unlearned weights and the masks are bit for bit those of loops written from the
+authors' code on the same batches (tests/methods/test_fidelity.py). Accuracy counts stay on the device and are read
+once an epoch (`unlearn_check=batch` reads each batch, as its stop needs); `compile` compiles both loops.
 """
 
 from __future__ import annotations
