@@ -134,6 +134,9 @@ class ANP(MaskPruningDefense):
                 with torch.no_grad():
                     torch._foreach_clamp_min_(noises, -self.eps)
                     torch._foreach_clamp_max_(noises, self.eps)
+        # The noise's gradient is spent: dropped, so that the mask step's backward does not add into it (with CUDA
+        # graphs it is memory of the graph's pool that later replays reuse). The masks do not depend on it.
+        opt.zero_grad(set_to_none=True)
 
     def _mask_losses(
         self, net: nn.Module, layers: list[MaskedBatchNorm2d], x: Tensor, y: Tensor, precision: Precision
