@@ -4,9 +4,10 @@ A stability sweep over ANP's pruning threshold, or a rerun with another selectio
 relearn the same masks for every cell: 2,000 ANP iterations to change one number applied afterwards. The key
 hashes the defense's class and learning knobs (`MaskPruningDefense.learning_knobs`: all but the post-hoc ones)
 and the exact inputs it was handed: the model's weights (`weights_digest`), the defense images and labels,
-their augmentation, the class count, the random generator's state, the precision, the device type and
-torch's version. The same key therefore means the same computation; on the machine that stored the entry
-it gives bit-identical masks (tests/harness/test_learned_cache.py), elsewhere masks as a rerun there would.
+their augmentation, the class count, the random generator's state, the precision, the compile mode (when
+on), the device type and torch's version. The same key therefore means the same computation; on the machine
+that stored the entry it gives bit-identical masks (tests/weights/test_learned_cache.py), elsewhere masks as a
+rerun there would.
 
 An entry is `<kind>-<key>.safetensors` (group `learned`) with its sidecar `<kind>-<key>.json`: `key`,
 `sha256` of the tensor file, `parts` (what was hashed, for a reader), `info` (the learning's own record),
@@ -70,6 +71,8 @@ def key_parts(kind: str, knobs: dict[str, Any], model: nn.Module, data: DefenseD
         "num_classes": data.num_classes,
         "generator": tensor_digest(gen.get_state()),
         "precision": data.precision.resolved(device),
+        # compiled kernels reorder float sums; named only when on, so that the keys of eager entries stay as they were
+        **({"compile": mode} if (mode := data.compilation.resolved(device)) != "eager" else {}),
         "device": device.type,
         "torch": torch.__version__,
     }

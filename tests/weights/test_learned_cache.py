@@ -4,6 +4,7 @@ a damaged or foreign entry is learned again."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -13,8 +14,9 @@ import pytest
 import torch
 
 from benchmark.core.augment import AugmentSpec
+from benchmark.core.compilation import Compilation
 from benchmark.weights.checkpoint import encode_safetensors
-from benchmark.weights.learned_cache import LearnedCache
+from benchmark.weights.learned_cache import LearnedCache, entry_key, key_parts
 from defenses.anp import ANP
 from defenses.base import DefenseData
 from defenses.rnp import RNP
@@ -80,6 +82,17 @@ def test_what_changes_the_masks_learns_them_again(change: str, value, backdoored
     out = run(ANP(**knobs), model, embedded, store, seed)
     assert out.info["learned_masks"]["reused"] is False
     assert len(entries(tmp_path)) == 2
+
+
+def test_a_compiled_run_has_its_own_key_and_eager_keys_stay_as_they_were(backdoored, embedded) -> None:
+    """Compiled kernels move the masks' last digits, so `compile` is part of the key; eager keys name no mode."""
+    eager = data_of(embedded, None)
+    compiled = dataclasses.replace(eager, compilation=Compilation("default"))
+    gen = torch.Generator().manual_seed(0)
+    parts = key_parts("defenses.anp.ANP", {"iterations": 4}, backdoored[0], eager, gen)
+    assert "compile" not in parts
+    other = key_parts("defenses.anp.ANP", {"iterations": 4}, backdoored[0], compiled, gen)
+    assert other["compile"] == "default" and entry_key(other) != entry_key(parts)
 
 
 def test_rnp_reuses_its_masks_with_its_record(backdoored, embedded, tmp_path) -> None:
