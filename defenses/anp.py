@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from benchmark.core.data import ImageSet
 from benchmark.core.precision import Precision
 from benchmark.core.progress import Progress
-from benchmark.core.training import epoch_batches
+from benchmark.core.training import device_sum, epoch_batches
 from benchmark.core.validation import bounded
 from defenses.base import DefenseData, Learned
 from defenses.mask_pruning import MaskPruningDefense
@@ -75,7 +75,7 @@ class ANP(MaskPruningDefense):
         net.train()
         forward = data.compilation.wrap(net, data.device)  # `net` itself unless `compile` asks otherwise
         batches = endless_batches(data.images, self.batch_size, data, gen)
-        nat_sum = rob_sum = torch.zeros((), device=data.device)
+        nat_sum = rob_sum = device_sum(data.device, torch.float32)
         progress = Progress("anp masks", self.iterations, "iteration", logger=log)
         for i in range(self.iterations):
             x, y = next(batches)

@@ -90,7 +90,7 @@ class RNP(MaskPruningDefense):
         accs: list[float] = []
         progress = Progress("rnp unlearn", self.unlearn_epochs, logger=log)
         for _ in range(self.unlearn_epochs):
-            correct, seen, loss_sum = device_sum(data.device, torch.long), 0, torch.zeros((), device=data.device)
+            correct, seen, loss_sum = device_sum(data.device, torch.long), 0, device_sum(data.device, torch.float32)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 data.compilation.step(data.device)
                 with data.precision.autocast(data.device):
@@ -142,7 +142,7 @@ class RNP(MaskPruningDefense):
         accs: list[float] = []
         progress = Progress("rnp recover", self.recover_epochs, logger=log)
         for _ in range(self.recover_epochs):
-            correct, seen, loss_sum = device_sum(data.device, torch.long), 0, torch.zeros((), device=data.device)
+            correct, seen, loss_sum = device_sum(data.device, torch.long), 0, device_sum(data.device, torch.float32)
             for x, y in epoch_batches(data.images, self.batch_size, data.augment, gen):
                 data.compilation.step(data.device)
                 with data.precision.autocast(data.device):

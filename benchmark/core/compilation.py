@@ -22,6 +22,7 @@ from torch import nn
 from benchmark.core.errors import ConfigError
 
 COMPILE_MODES = ("eager", "default", "reduce-overhead", "max-autotune")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that replay CUDA graphs (on CUDA only)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class Compilation:
 
     def resolved(self, device: torch.device) -> str:
         """What the mode means on `device`, for the record and cache keys (CUDA graphs exist only on CUDA)."""
-        if self.mode in ("reduce-overhead", "max-autotune") and device.type != "cuda":
+        if self.mode in CUDA_GRAPH_MODES and device.type != "cuda":
             return "default"
         return self.mode
 
@@ -50,10 +51,16 @@ class Compilation:
         mode = self.resolved(device)
         return model if mode == "eager" else torch.compile(model, mode=mode)
 
+    def record(self, device: torch.device) -> dict[str, str]:
+        """`{"compile": mode}` for records and cache keys, empty when eager: what was written before the setting
+        existed (eager) stays as it was."""
+        mode = self.resolved(device)
+        return {} if mode == "eager" else {"compile": mode}
+
     def step(self, device: torch.device) -> None:
         """Call at the start of each step of a loop: with CUDA graphs, the outputs of the last step's replay may
         be overwritten from here on (torch's advice for training loops under reduce-overhead); else nothing."""
-        if self.resolved(device) in ("reduce-overhead", "max-autotune"):
+        if self.resolved(device) in CUDA_GRAPH_MODES:
             torch.compiler.cudagraph_mark_step_begin()
 
 

@@ -158,8 +158,7 @@ def train_classifier(
     progress = Progress(desc, recipe.epochs, logger=log)
     for epoch in range(recipe.epochs):
         model.train()
-        total_loss = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
+        total_loss, correct = device_sum(device, torch.float32), device_sum(device, torch.long)
         seen = 0
         for x, y in epoch_batches(data, recipe.batch_size, augment, gen, drop_last=drop_last):
             x, y = hook.batch(x, y, step)

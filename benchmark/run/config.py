@@ -226,7 +226,7 @@ def check_settings(cfg: DictConfig) -> dict[str, Any]:
     if precision not in PRECISIONS:
         raise ConfigError(f"precision={precision!r} is invalid: choose from {', '.join(PRECISIONS)}")
     compile_mode = cfg.get("compile", "eager")
-    if compile_mode not in COMPILE_MODES or isinstance(compile_mode, bool):  # YAML reads a bare off/no as false
+    if compile_mode not in COMPILE_MODES:  # YAML reads a bare off/no as false: refused too, named as False
         raise ConfigError(f"compile={compile_mode!r} is invalid: choose from {', '.join(COMPILE_MODES)}")
     for name, value in (("resume", resume), ("reuse_learned", reuse)):
         if not isinstance(value, bool):

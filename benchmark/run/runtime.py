@@ -164,12 +164,11 @@ def start_runtime(rc: RunConfig, device_name: str | None = None) -> torch.device
 def runtime_info(device: torch.device, precision: Precision, compilation: Compilation = EAGER) -> dict[str, Any]:
     """How the numbers were computed: device, CPU model, precision, compiling (named only when on, so that records
     and cache keys from before the setting stay as they were) and threads (they move the last digits)."""
-    mode = compilation.resolved(device)
     return {
         "device": str(device),
         "cpu": cpu_name(),
         "precision": precision.resolved(device),
-        **({"compile": mode} if mode != "eager" else {}),
+        **compilation.record(device),
         "torch_threads": torch.get_num_threads(),
         **_CHOSEN_THREADS,
     }

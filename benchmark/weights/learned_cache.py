@@ -71,8 +71,7 @@ def key_parts(kind: str, knobs: dict[str, Any], model: nn.Module, data: DefenseD
         "num_classes": data.num_classes,
         "generator": tensor_digest(gen.get_state()),
         "precision": data.precision.resolved(device),
-        # compiled kernels reorder float sums; named only when on, so that the keys of eager entries stay as they were
-        **({"compile": mode} if (mode := data.compilation.resolved(device)) != "eager" else {}),
+        **data.compilation.record(device),  # compiled kernels reorder float sums; eager keys stay as they were
         "device": device.type,
         "torch": torch.__version__,
     }
